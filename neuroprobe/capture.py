@@ -1,0 +1,249 @@
+"""Capture points: the pre-activation (or the output) of named modules, safe from in-place ops.
+
+Pre-activation of a layer L (DESIGN.md): the value L's final nonlinearity receives. While L runs,
+a :class:`torch.overrides.TorchFunctionMode` records every activation call (module or functional,
+in place or not) and every channel concatenation inside L. When L returns, its output is traced
+back: the output of an activation -> that activation's input (cloned before an in-place op
+destroyed it); a concatenation -> the concatenation of its inputs traced back; anything else ->
+itself. This one rule covers ReLUs that follow a conv in place, ReLU modules reused inside a
+block (the last call wins: the residual sum), functional ReLUs, BatchNorm+activation modules and
+Inception concatenations, without per-architecture code.
+
+Captured values are handed to a callback as soon as L returns (before any later in-place op),
+and the forward pass stops once every requested layer has been seen as often as in a full pass.
+"""
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from .errors import NeuroprobeError, closest
+
+# Elementwise nonlinearities whose input is "the pre-activation".
+ACTIVATION_NAMES = frozenset({
+    "relu", "relu6", "hardtanh", "leaky_relu", "elu", "selu", "celu", "gelu", "silu", "mish",
+    "hardswish", "hardsigmoid", "sigmoid", "tanh", "softplus", "prelu", "rrelu", "threshold",
+})
+CONCAT_NAMES = frozenset({"cat", "concat", "concatenate"})
+
+
+class StopForward(Exception):
+    """Raised from a hook once every requested layer is captured: skips the rest of the model."""
+
+
+@dataclass
+class _Record:
+    kind: str                      # "activation" or "concat"
+    op: str                        # the function's name, for descriptions
+    output: weakref.ref
+    output_version: int | None
+    inputs: list[torch.Tensor]
+    input_versions: list[int | None]
+
+
+def _op_name(func) -> str:
+    return getattr(func, "__name__", str(func)).rstrip("_")
+
+
+def _version(tensor: torch.Tensor) -> int | None:
+    """In-place modification counter; None for inference-mode tensors, which have none."""
+    return None if tensor.is_inference() else tensor._version
+
+
+def _runs_in_place(func, args, kwargs) -> bool:
+    return getattr(func, "__name__", "").endswith("_") or bool(kwargs.get("inplace")) or any(
+        a is True for a in args[1:])
+
+
+class _Recorder(TorchFunctionMode):
+    """Records activation calls and channel concatenations while one layer runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: dict[int, _Record] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = _op_name(func)
+        if name in ACTIVATION_NAMES and args and isinstance(args[0], torch.Tensor):
+            source = args[0]
+            copy = _runs_in_place(func, args, kwargs) or source.is_inference()
+            kept = source.detach().clone() if copy else source
+            out = func(*args, **kwargs)
+            if isinstance(out, torch.Tensor):
+                self._remember(out, _Record("activation", name, None, 0, [kept], [_version(kept)]))
+            return out
+        out = func(*args, **kwargs)
+        if name in CONCAT_NAMES and isinstance(out, torch.Tensor) and out.dim() >= 2:
+            dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
+            if dim in (1, 1 - out.dim()):
+                parts = list(args[0])
+                self._remember(out, _Record("concat", name, None, 0, parts, [_version(p) for p in parts]))
+        return out
+
+    def _remember(self, out: torch.Tensor, record: _Record) -> None:
+        key = id(out)
+        record.output = weakref.ref(out, lambda _ref, key=key, recs=self.records: recs.pop(key, None))
+        record.output_version = _version(out)
+        self.records[key] = record
+
+    def trace(self, tensor: torch.Tensor) -> tuple[torch.Tensor, str]:
+        """The pre-activation behind ``tensor`` and a description of what it is."""
+        record = self.records.get(id(tensor))
+        if record is None or record.output() is not tensor or _version(tensor) != record.output_version:
+            return tensor, "output"
+        if any(_version(t) != v for t, v in zip(record.inputs, record.input_versions)):
+            raise NeuroprobeError("an activation's input was modified in place after the call; "
+                                  "request the module that produces it instead")
+        if record.kind == "activation":
+            return record.inputs[0], f"input of {record.op}"
+        traced = [self.trace(part) for part in record.inputs]
+        kinds = sorted({what for _, what in traced})
+        return torch.cat([value for value, _ in traced], dim=1), (
+            f"concatenation of {len(traced)} branches ({'; '.join(kinds)})")
+
+
+OnValue = Callable[[str, torch.Tensor], None]
+
+
+class Capture:
+    """Forward hooks that hand each requested layer's value to ``on_value`` as soon as it exists.
+
+    ``post_activation=False`` gives pre-activations (DESIGN.md), ``True`` the modules' outputs.
+    Use as a context manager; :meth:`run` calls the model and stops after the deepest layer.
+    """
+
+    def __init__(self, model: nn.Module, layers: Sequence[str], on_value: OnValue,
+                 post_activation: bool = False, stop: bool = True,
+                 calls_per_pass: dict[str, int] | None = None) -> None:
+        modules = dict(model.named_modules())
+        for layer in layers:
+            if layer not in modules or layer == "":
+                raise NeuroprobeError(f"unknown layer '{layer}'; closest: {closest(layer, [n for n in modules if n])} "
+                                      "(list them with: python -m neuroprobe layers --model ...)")
+        self.model = model
+        self.layers = list(dict.fromkeys(layers))
+        self.modules = {name: modules[name] for name in self.layers}
+        self.on_value = on_value
+        self.post_activation = post_activation
+        self.stop = stop
+        self.calls_per_pass = calls_per_pass
+        self.descriptions: dict[str, str] = {}
+        self.calls: dict[str, int] = {}
+        self._active: list[_Recorder] = []
+        self._handles: list = []
+
+    def __enter__(self) -> "Capture":
+        for name, module in self.modules.items():
+            self._handles.append(module.register_forward_pre_hook(self._pre_hook(name)))
+            self._handles.append(module.register_forward_hook(self._post_hook(name), always_call=True))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._unwind()
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def run(self, *inputs, **kwargs) -> None:
+        """One forward pass; every requested layer's value goes to ``on_value``."""
+        self.calls = {name: 0 for name in self.layers}
+        try:
+            self.model(*inputs, **kwargs)
+        except StopForward:
+            pass
+        finally:
+            self._unwind()
+        missing = [name for name, n in self.calls.items() if n == 0]
+        if missing:
+            raise NeuroprobeError(f"layer(s) {', '.join(missing)} did not run in the forward pass")
+
+    def _unwind(self) -> None:
+        while self._active:
+            self._active.pop().__exit__(None, None, None)
+
+    def _pre_hook(self, name: str):
+        def hook(module, args):
+            if not self.post_activation:
+                recorder = _Recorder()
+                recorder.__enter__()
+                self._active.append(recorder)
+        return hook
+
+    def _post_hook(self, name: str):
+        def hook(module, args, output):
+            recorder = None
+            if not self.post_activation and self._active:
+                recorder = self._active.pop()
+                recorder.__exit__(None, None, None)
+            if not isinstance(output, torch.Tensor):
+                if output is None:  # the forward raised; always_call hooks still run
+                    return None
+                raise NeuroprobeError(f"layer '{name}' returns {type(output).__name__}, not a tensor; "
+                                      "request one of its submodules")
+            if recorder is not None:
+                value, what = recorder.trace(output)
+            else:
+                value, what = output, "output"
+            self.descriptions[name] = what
+            self.calls[name] = self.calls.get(name, 0) + 1
+            self.on_value(name, value.detach())
+            if self.stop and self.calls_per_pass is not None and all(
+                    self.calls.get(n, 0) >= self.calls_per_pass[n] for n in self.layers):
+                raise StopForward
+            return None
+        return hook
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """What a probe pass learnt about one capture point."""
+
+    name: str
+    module_type: str
+    shape: tuple[int, ...]      # per image: (units, *spatial)
+    captured: str               # "pre-activation: input of relu", "output", ...
+    calls: int                  # times the module runs per forward pass
+
+    @property
+    def units(self) -> int:
+        return self.shape[0]
+
+
+def probe(model: nn.Module, layers: Iterable[str], example: torch.Tensor,
+          post_activation: bool = False) -> dict[str, LayerInfo]:
+    """One full forward pass on ``example`` (batch of 1) to learn shapes, what is captured, and call counts."""
+    layers = list(dict.fromkeys(layers))
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def keep(name: str, value: torch.Tensor) -> None:
+        shapes[name] = tuple(value.shape[1:])
+
+    modules = dict(model.named_modules())
+    with torch.no_grad(), Capture(model, layers, keep, post_activation, stop=False) as cap:
+        cap.run(example)
+    prefix = "post-activation: " if post_activation else "pre-activation: "
+    return {name: LayerInfo(name, type(modules[name]).__name__, shapes[name],
+                            prefix + cap.descriptions[name], cap.calls[name]) for name in layers}
+
+
+def all_layers(model: nn.Module, example: torch.Tensor, post_activation: bool = False) -> list[LayerInfo]:
+    """Every named module that returns one tensor, in definition order, with what it captures."""
+    modules = [(n, m) for n, m in model.named_modules() if n]
+    returns_tensor: dict[str, bool] = {}
+    handles = [m.register_forward_hook(lambda _m, _a, out, n=n: returns_tensor.__setitem__(n, isinstance(out, torch.Tensor)))
+               for n, m in modules]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+    # Modules returning tuples (a whole GoogLeNet with aux heads, attention blocks) are left out.
+    usable = [n for n, _ in modules if returns_tensor.get(n)]
+    return list(probe(model, usable, example, post_activation).values())

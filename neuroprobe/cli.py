@@ -1,0 +1,163 @@
+"""``python -m neuroprobe``: subcommands only; each one delegates to a library function."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .errors import NeuroprobeError
+
+EXAMPLES = """examples:
+  python -m neuroprobe layers  --model efficientnet_lite0
+  python -m neuroprobe extract --model efficientnet_lite0 --data data/sample/labels.csv \\
+         --layers blocks.3 blocks.5.0.bn2 bn2 --out runs/sample.zarr
+  python -m neuroprobe info    runs/sample.zarr
+  python -m neuroprobe export  runs/sample.zarr runs/sample.h5
+"""
+
+MODEL_HELP = ("efficientnet_lite0 (offline pretrained ImageNet model), a torchvision classification model "
+              "name (resnet18, alexnet, googlenet, vgg16, ...) or timm:<name>")
+WEIGHTS_HELP = ("weights name of that library (e.g. IMAGENET1K_V1; fetched by it or found in its cache), "
+                "a local state-dict file, or 'none' (seeded random init); default: the library's default "
+                "pretrained weights")
+
+
+def _model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="efficientnet_lite0", help=MODEL_HELP + " (default: %(default)s)")
+    parser.add_argument("--weights", default=None, help=WEIGHTS_HELP)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m neuroprobe", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="What the units of a CNN respond to: pre-activation statistics in Zarr stores.",
+        epilog=EXAMPLES)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug log lines")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("layers", help="list a model's layers, feature-map shapes and what is captured",
+                       description="List every layer name you can pass to --layers, with the shape of its "
+                                   "feature map (units, height, width) for one image and what is captured.")
+    _model_args(p)
+    p.add_argument("--filter", default="", help="only names containing this text")
+    p.add_argument("--post-activation", action="store_true", help="describe the outputs instead")
+
+    p = sub.add_parser("extract", help="pool layer activations of many images into a Zarr store",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Run images through a model, capture the pre-activation (the input of each "
+                                   "layer's final nonlinearity) of the requested layers, pool every unit's map "
+                                   "to min/mean/max/area on the device, and write a chunked, resumable store.\n"
+                                   "Run the same command again to resume a killed job.")
+    _model_args(p)
+    p.add_argument("--data", required=True, help="folder of images (subfolders = labels) or CSV with a 'path' "
+                                                 "column relative to the CSV's folder; other columns are kept")
+    p.add_argument("--layers", nargs="+", required=True, metavar="LAYER",
+                   help="layer names as listed by 'python -m neuroprobe layers'")
+    p.add_argument("--out", required=True, help="store to write, e.g. run.zarr")
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: %(default)s)")
+    p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when present)")
+    p.add_argument("--workers", type=int, default=0, help="image-decoding processes (default: %(default)s; "
+                                                          "use several on a GPU machine)")
+    p.add_argument("--post-activation", action="store_true", help="capture the layers' outputs instead")
+    p.add_argument("--spatial", nargs="+", default=[], metavar="LAYER",
+                   help="also store the full float16 maps (image, unit, y, x) of these layers")
+    p.add_argument("--amp", choices=["bf16", "fp16", "none"], default="none",
+                   help="autocast the forward pass (statistics are still pooled in float32)")
+    p.add_argument("--channels-last", action="store_true", help="channels_last memory format (faster on GPUs)")
+    p.add_argument("--chunk-size", type=int, default=None,
+                   help="images per store chunk and per resume step (default: 1024, less with --spatial)")
+    p.add_argument("--overwrite", action="store_true", help="replace a store made with other settings")
+    p.add_argument("--max-pixels", type=int, default=None, help="refuse larger images (decompression bombs; "
+                                                                 "default: PIL's 89.5 Mpx)")
+    p.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
+
+    p = sub.add_parser("info", help="what a store holds and how complete it is")
+    p.add_argument("store")
+
+    p = sub.add_parser("export", help="copy a store into one HDF5 file with the same layout")
+    p.add_argument("store")
+    p.add_argument("target", help="e.g. run.h5")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("PIL", "matplotlib", "urllib3", "fsspec", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from .malloc import keep_freed_memory
+
+    keep_freed_memory()
+    try:
+        return COMMANDS[args.command](args)
+    except NeuroprobeError as exc:
+        print(f"neuroprobe: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("neuroprobe: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+def _layers(args) -> int:
+    from .models import load_model
+
+    loaded = load_model(args.model, args.weights)
+    table = loaded.layer_table(post_activation=args.post_activation)
+    if args.filter:
+        table = table[table["layer"].str.contains(args.filter, regex=False)]
+    import pandas as pd
+
+    with pd.option_context("display.max_rows", None, "display.max_colwidth", 80, "display.width", 200):
+        print(table.to_string(index=False))
+    print(f"\n{len(table)} layers; input {loaded.preprocessing.crop}x{loaded.preprocessing.crop}")
+    return 0
+
+
+def _extract(args) -> int:
+    from .data import MAX_PIXELS
+    from .extract import extract
+
+    out = extract(args.model, args.data, args.layers, args.out, weights=args.weights, batch_size=args.batch_size,
+                  device=args.device, workers=args.workers, post_activation=args.post_activation,
+                  spatial=args.spatial, amp=args.amp, channels_last=args.channels_last, chunk_size=args.chunk_size,
+                  overwrite=args.overwrite, progress=False if args.no_progress else None,
+                  max_pixels=args.max_pixels or MAX_PIXELS,
+                  extra_attrs={"command": " ".join(["python -m neuroprobe", *sys.argv[1:]])})
+    import os
+    if int(os.environ.get("RANK", "0")) == 0:
+        _print_info(out)
+    return 0
+
+
+def _print_info(path) -> None:
+    from .store import summary
+
+    s = summary(path)
+    print(f"store    {Path(s['path']).resolve()}")
+    print(f"model    {s['model']}  weights {s['weights']}" + (f"  sha256 {s['weights_sha256'][:12]}" if s['weights_sha256'] else ""))
+    print(f"capture  {s['capture']}  amp {s['amp']}  created {s['created']}")
+    print(f"images   {s['images']}: {s['done']} done, {s['skipped']} skipped (unreadable), {s['missing']} missing "
+          f"({s['chunks_done']}/{s['chunks']} chunks written)")
+    for layer in s["layers"]:
+        extra = ", spatial maps" if layer["spatial"] else ""
+        print(f"  {layer['layer']:<24} {layer['units']:>5} units  map {'x'.join(map(str, layer['shape']))}  "
+              f"{layer['captured']}{extra}")
+    if s["missing"]:
+        print("incomplete: run the same extract command again to finish it")
+
+
+def _info(args) -> int:
+    _print_info(args.store)
+    return 0
+
+
+def _export(args) -> int:
+    from .store import export_hdf5
+
+    print(export_hdf5(args.store, args.target))
+    return 0
+
+
+COMMANDS = {"layers": _layers, "extract": _extract, "info": _info, "export": _export}

@@ -1,0 +1,278 @@
+"""The batched engine: images -> model + capture points -> pooled statistics -> Zarr store.
+
+Per batch, nothing waits on the host: uint8 images cross to the device without blocking, are
+normalized there, the forward pass stops after the deepest requested layer, statistics are pooled
+on the device and copied without blocking into pinned chunk buffers. A background thread waits
+for each finished chunk's copies and writes it, so the device never waits for the disk. Chunks
+already in the journal are skipped, which makes a killed job resumable; under ``torchrun`` each
+process takes every N-th pending chunk.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from . import __version__
+from .capture import Capture, LayerInfo, probe
+from .data import MAX_PIXELS, ImageDataset, Manifest, read_manifest
+from .distributed import Distributed
+from .errors import NeuroprobeError
+from .models import LoadedModel, load_model
+from .reduce import STATS, pool_units
+from .store import Store, default_chunk_size
+from .writer import ChunkBuffer, ChunkWriter
+
+log = logging.getLogger(__name__)
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class ExtractionPlan:
+    """Everything that determines the store's contents; a resumed run must match it exactly."""
+
+    model: LoadedModel
+    manifest: Manifest
+    layers: dict[str, LayerInfo]
+    spatial: list[str]
+    post_activation: bool
+    amp: str | None
+    chunk_size: int
+    extra_attrs: dict[str, Any] = field(default_factory=dict)
+
+    def attrs(self) -> dict[str, Any]:
+        return {
+            "neuroprobe_version": __version__,
+            "provenance": self.model.provenance,
+            "preprocessing": self.model.preprocessing.to_dict(),
+            "capture": "post-activation" if self.post_activation else "pre-activation",
+            "amp": self.amp or "none",
+            "manifest_sha256": self.manifest.fingerprint(),
+        } | self.extra_attrs
+
+    def identity(self) -> dict[str, Any]:
+        """The part of the attributes that must agree for a store to be resumed."""
+        a = self.attrs()
+        prov = a["provenance"]
+        return {"model": prov.get("model"), "weights": prov.get("weights"), "weights_sha256": prov.get("weights_sha256"),
+                "preprocessing": a["preprocessing"], "capture": a["capture"], "amp": a["amp"],
+                "manifest_sha256": a["manifest_sha256"], "layers": list(self.layers), "spatial_layers": self.spatial,
+                "chunk_size": self.chunk_size}
+
+
+def _stored_identity(store: Store) -> dict[str, Any]:
+    a = store.attrs
+    prov = a.get("provenance", {})
+    return {"model": prov.get("model"), "weights": prov.get("weights"), "weights_sha256": prov.get("weights_sha256"),
+            "preprocessing": a.get("preprocessing"), "capture": a.get("capture"), "amp": a.get("amp"),
+            "manifest_sha256": a.get("manifest_sha256"), "layers": a.get("layers"),
+            "spatial_layers": a.get("spatial_layers"), "chunk_size": a.get("chunk_size")}
+
+
+def resolve_device(device: str | None, local_rank: int = 0) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise NeuroprobeError("--device cuda requested but no CUDA GPU is visible; use --device cpu")
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", local_rank)
+    return dev
+
+
+def extract(model: str | LoadedModel, data: str | Path | Manifest, layers: Sequence[str], out: str | Path, *,
+            weights: str | None = None, batch_size: int = 64, device: str | None = None, workers: int = 0,
+            post_activation: bool = False, spatial: Sequence[str] = (), amp: str | None = None,
+            channels_last: bool = False, chunk_size: int | None = None, overwrite: bool = False,
+            progress: bool | None = None, max_pixels: int = MAX_PIXELS,
+            extra_attrs: dict[str, Any] | None = None) -> Path:
+    """Extract pooled statistics of ``layers`` for every image of ``data`` into the store ``out``.
+
+    Resumes a store made by the same model/weights/layers/data; refuses a different one unless
+    ``overwrite``. Returns the store's path. Read it with :func:`neuroprobe.open_layer`.
+    """
+    if amp not in (None, "none", *AMP_DTYPES):
+        raise NeuroprobeError(f"unknown --amp '{amp}'; use bf16, fp16 or none")
+    amp = None if amp == "none" else amp
+    if batch_size < 1:
+        raise NeuroprobeError("--batch-size must be at least 1")
+    out = Path(out)
+    _check_writable(out)
+    loaded = model if isinstance(model, LoadedModel) else load_model(model, weights)
+    manifest = data if isinstance(data, Manifest) else read_manifest(data)
+    dist = Distributed.from_environment()
+    dev = resolve_device(device, dist.local_rank)
+    module = loaded.module.to(dev).eval()
+    if channels_last:
+        module = module.to(memory_format=torch.channels_last)
+
+    spatial = list(dict.fromkeys(spatial))
+    unknown = [s for s in spatial if s not in layers]
+    if unknown:
+        raise NeuroprobeError(f"--spatial {' '.join(unknown)} must also be among --layers")
+    crop = loaded.preprocessing.crop
+    example = torch.zeros(1, 3, crop, crop, device=dev)
+    infos = probe(module, layers, example, post_activation)
+    plan = ExtractionPlan(loaded, manifest, infos, spatial, post_activation, amp,
+                          chunk_size or default_chunk_size(infos, spatial), extra_attrs or {})
+
+    store = _open_or_create(out, plan, dist, overwrite, explicit_chunk=chunk_size is not None)
+    pending = store.pending_chunks()
+    mine = pending[dist.rank::dist.world_size]
+    total = len(manifest)
+    done_before = total - sum(len(store.chunk_rows(c)) for c in pending)
+    if dist.rank == 0:
+        log.info("%s: %d images, %d already done, %d chunks to do over %d process(es)", out, total, done_before,
+                 len(pending), dist.world_size)
+    if mine:
+        _run(store, plan, module, dev, mine, batch_size, workers, channels_last, progress, max_pixels, dist)
+    dist.barrier()
+    return out
+
+
+def _check_writable(out: Path) -> None:
+    import os
+
+    parent = out.resolve().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise NeuroprobeError(f"cannot write {out}: cannot create folder {parent} ({exc.strerror}); choose another --out") from exc
+    if not os.access(parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise NeuroprobeError(f"cannot write {out}: no write permission there; choose another --out")
+    if out.exists() and not out.is_dir():
+        raise NeuroprobeError(f"{out} exists and is not a store; choose another --out")
+
+
+def _open_or_create(out: Path, plan: ExtractionPlan, dist: Distributed, overwrite: bool,
+                    explicit_chunk: bool) -> Store:
+    """Rank 0 creates the store, or checks that an existing one was made the same way; all ranks open it."""
+    if dist.rank == 0:
+        is_store = (out / "zarr.json").exists()
+        if is_store and not overwrite:
+            store = Store(out)
+            if not explicit_chunk:
+                plan.chunk_size = store.chunk_size
+            stored, wanted = _stored_identity(store), plan.identity()
+            diff = [k for k in wanted if _normal(stored.get(k)) != _normal(wanted[k])]
+            if diff:
+                detail = "; ".join(f"{k}: store has {stored.get(k)!r}, this run {wanted[k]!r}" for k in diff[:2])
+                raise NeuroprobeError(f"{out} was made with other settings ({detail}); "
+                                      "use another --out, or --overwrite to replace it")
+        else:
+            if out.exists() and not is_store and any(out.iterdir()):
+                raise NeuroprobeError(f"{out} is a non-empty folder that is not a store; choose another --out")
+            Store.create(out, plan.manifest, plan.layers, plan.attrs(), plan.chunk_size, plan.spatial)
+    dist.barrier()
+    store = Store(out)
+    plan.chunk_size = store.chunk_size
+    return store
+
+
+def _normal(value: Any) -> Any:
+    """JSON round-trip so that tuples and lists (or int and float) compare as stored."""
+    import json
+    return json.loads(json.dumps(value))
+
+
+def _batches(store: Store, chunks: Sequence[int], batch_size: int) -> Iterator[list[int]]:
+    """Row indices in batches that never straddle a chunk, chunk by chunk."""
+    for chunk in chunks:
+        rows = store.chunk_rows(chunk)
+        for lo in range(rows.start, rows.stop, batch_size):
+            yield list(range(lo, min(lo + batch_size, rows.stop)))
+
+
+def _run(store: Store, plan: ExtractionPlan, module: torch.nn.Module, dev: torch.device, chunks: list[int],
+         batch_size: int, workers: int, channels_last: bool, progress: bool | None, max_pixels: int,
+         dist: Distributed) -> None:
+    dataset = ImageDataset(plan.manifest, plan.model.preprocessing, max_pixels)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=list(_batches(store, chunks, batch_size)), num_workers=workers,
+        pin_memory=dev.type == "cuda", persistent_workers=False,
+        prefetch_factor=4 if workers > 0 else None)
+    cuda = dev.type == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+    calls = {name: info.calls for name, info in plan.layers.items()}
+    images_todo = sum(len(store.chunk_rows(c)) for c in chunks)
+    writer = ChunkWriter(store, plan.layers, plan.spatial, pinned=cuda)
+    batch_values: dict[str, torch.Tensor] = {}
+
+    def on_value(name: str, value: torch.Tensor) -> None:
+        batch_values[name] = pool_units(value)
+        if name in plan.spatial:
+            batch_values[name + "/spatial"] = value.to(torch.float16, memory_format=torch.contiguous_format, copy=True)
+
+    meter = _Progress(images_todo, progress, dist)
+    current: ChunkBuffer | None = None
+    autocast = torch.autocast(dev.type, dtype=AMP_DTYPES[plan.amp]) if plan.amp else _nullcontext()
+    try:
+        with torch.no_grad(), Capture(module, list(plan.layers), on_value, plan.post_activation,
+                                             stop=True, calls_per_pass=calls) as capture:
+            for rows, images, ok, reasons in loader:
+                first = int(rows[0])
+                chunk = first // store.chunk_size
+                if current is None or current.chunk != chunk:
+                    if current is not None:
+                        writer.submit(current)
+                    current = writer.buffer(chunk)
+                x = images.to(dev, non_blocking=True)
+                x = plan.model.preprocessing.normalize(x)
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                batch_values.clear()
+                with autocast:
+                    capture.run(x)
+                current.put(first - store.chunk_rows(chunk).start, batch_values, ok.numpy(), list(reasons))
+                meter.update(len(rows))
+            if current is not None:
+                writer.submit(current)
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        meter.close()
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+class _Progress:
+    """A tqdm bar (images/s, ETA) on a terminal; a log line every 30 s otherwise."""
+
+    def __init__(self, total: int, progress: bool | None, dist: Distributed) -> None:
+        self.total, self.count, self.start, self.last = total, 0, time.monotonic(), time.monotonic()
+        tty = sys.stderr.isatty()
+        self.bar = None
+        if (progress if progress is not None else tty) and dist.rank == 0:
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=total, unit="img", desc="extract", dynamic_ncols=True, smoothing=0.1)
+
+    def update(self, n: int) -> None:
+        self.count += n
+        if self.bar is not None:
+            self.bar.update(n)
+        elif time.monotonic() - self.last > 30:
+            self.last = time.monotonic()
+            rate = self.count / max(self.last - self.start, 1e-9)
+            log.info("%d/%d images, %.1f img/s, ETA %.0f s", self.count, self.total, rate,
+                     (self.total - self.count) / max(rate, 1e-9))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        elapsed = time.monotonic() - self.start
+        log.info("processed %d images in %.1f s (%.1f img/s)", self.count, elapsed, self.count / max(elapsed, 1e-9))
