@@ -40,6 +40,7 @@ class StopForward(Exception):
 class _Record:
     kind: str                      # "activation" or "concat"
     op: str                        # the function's name, for descriptions
+    call: int                      # index of the activation call inside the layer (-1 for concat)
     output: weakref.ref
     output_version: int | None
     inputs: list[torch.Tensor]
@@ -61,29 +62,38 @@ def _runs_in_place(func, args, kwargs) -> bool:
 
 
 class _Recorder(TorchFunctionMode):
-    """Records activation calls and channel concatenations while one layer runs."""
+    """Records activation calls and channel concatenations while one layer runs.
 
-    def __init__(self) -> None:
+    ``keep`` lists the activation calls (by order inside the layer) whose inputs are needed, as
+    learnt by a probe pass; the others are not cloned. ``None`` records them all.
+    """
+
+    def __init__(self, keep: frozenset[int] | None = None) -> None:
         super().__init__()
+        self.keep = keep
+        self.calls = 0
         self.records: dict[int, _Record] = {}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name = _op_name(func)
         if name in ACTIVATION_NAMES and args and isinstance(args[0], torch.Tensor):
+            call, self.calls = self.calls, self.calls + 1
+            if self.keep is not None and call not in self.keep:
+                return func(*args, **kwargs)
             source = args[0]
             copy = _runs_in_place(func, args, kwargs) or source.is_inference()
             kept = source.detach().clone() if copy else source
             out = func(*args, **kwargs)
             if isinstance(out, torch.Tensor):
-                self._remember(out, _Record("activation", name, None, 0, [kept], [_version(kept)]))
+                self._remember(out, _Record("activation", name, call, None, 0, [kept], [_version(kept)]))
             return out
         out = func(*args, **kwargs)
         if name in CONCAT_NAMES and isinstance(out, torch.Tensor) and out.dim() >= 2:
             dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
             if dim in (1, 1 - out.dim()):
                 parts = list(args[0])
-                self._remember(out, _Record("concat", name, None, 0, parts, [_version(p) for p in parts]))
+                self._remember(out, _Record("concat", name, -1, None, 0, parts, [_version(p) for p in parts]))
         return out
 
     def _remember(self, out: torch.Tensor, record: _Record) -> None:
@@ -92,20 +102,21 @@ class _Recorder(TorchFunctionMode):
         record.output_version = _version(out)
         self.records[key] = record
 
-    def trace(self, tensor: torch.Tensor) -> tuple[torch.Tensor, str]:
-        """The pre-activation behind ``tensor`` and a description of what it is."""
+    def trace(self, tensor: torch.Tensor) -> tuple[torch.Tensor, str, frozenset[int]]:
+        """The pre-activation behind ``tensor``, what it is, and which activation calls it used."""
         record = self.records.get(id(tensor))
         if record is None or record.output() is not tensor or _version(tensor) != record.output_version:
-            return tensor, "output"
+            return tensor, "output", frozenset()
         if any(_version(t) != v for t, v in zip(record.inputs, record.input_versions)):
             raise NeuroprobeError("an activation's input was modified in place after the call; "
                                   "request the module that produces it instead")
         if record.kind == "activation":
-            return record.inputs[0], f"input of {record.op}"
+            return record.inputs[0], f"input of {record.op}", frozenset({record.call})
         traced = [self.trace(part) for part in record.inputs]
-        kinds = sorted({what for _, what in traced})
-        return torch.cat([value for value, _ in traced], dim=1), (
-            f"concatenation of {len(traced)} branches ({'; '.join(kinds)})")
+        kinds = sorted({what for _, what, _ in traced})
+        return (torch.cat([value for value, _, _ in traced], dim=1),
+                f"concatenation of {len(traced)} branches ({'; '.join(kinds)})",
+                frozenset().union(*(used for _, _, used in traced)))
 
 
 OnValue = Callable[[str, torch.Tensor], None]
@@ -115,12 +126,13 @@ class Capture:
     """Forward hooks that hand each requested layer's value to ``on_value`` as soon as it exists.
 
     ``post_activation=False`` gives pre-activations (DESIGN.md), ``True`` the modules' outputs.
-    Use as a context manager; :meth:`run` calls the model and stops after the deepest layer.
+    Use as a context manager; :meth:`run` calls the model. With a ``plan`` from :func:`probe`,
+    only the activation inputs that are needed are cloned, the pass stops after the deepest
+    layer, and a change in what is captured raises instead of passing silently.
     """
 
     def __init__(self, model: nn.Module, layers: Sequence[str], on_value: OnValue,
-                 post_activation: bool = False, stop: bool = True,
-                 calls_per_pass: dict[str, int] | None = None) -> None:
+                 post_activation: bool = False, plan: dict[str, "LayerInfo"] | None = None) -> None:
         modules = dict(model.named_modules())
         for layer in layers:
             if layer not in modules or layer == "":
@@ -131,9 +143,9 @@ class Capture:
         self.modules = {name: modules[name] for name in self.layers}
         self.on_value = on_value
         self.post_activation = post_activation
-        self.stop = stop
-        self.calls_per_pass = calls_per_pass
+        self.plan = plan
         self.descriptions: dict[str, str] = {}
+        self.used: dict[str, frozenset[int]] = {}
         self.calls: dict[str, int] = {}
         self._active: list[_Recorder] = []
         self._handles: list = []
@@ -170,7 +182,7 @@ class Capture:
     def _pre_hook(self, name: str):
         def hook(module, args):
             if not self.post_activation:
-                recorder = _Recorder()
+                recorder = _Recorder(self.plan[name].activation_calls if self.plan else None)
                 recorder.__enter__()
                 self._active.append(recorder)
         return hook
@@ -186,15 +198,14 @@ class Capture:
                     return None
                 raise NeuroprobeError(f"layer '{name}' returns {type(output).__name__}, not a tensor; "
                                       "request one of its submodules")
-            if recorder is not None:
-                value, what = recorder.trace(output)
-            else:
-                value, what = output, "output"
-            self.descriptions[name] = what
+            value, what, used = recorder.trace(output) if recorder is not None else (output, "output", frozenset())
+            if self.plan is not None and what != self.plan[name].what:
+                raise NeuroprobeError(f"layer '{name}' captured '{what}' where the probe pass saw "
+                                      f"'{self.plan[name].what}'; the model's structure depends on its input")
+            self.descriptions[name], self.used[name] = what, used
             self.calls[name] = self.calls.get(name, 0) + 1
             self.on_value(name, value.detach())
-            if self.stop and self.calls_per_pass is not None and all(
-                    self.calls.get(n, 0) >= self.calls_per_pass[n] for n in self.layers):
+            if self.plan is not None and all(self.calls.get(n, 0) >= self.plan[n].calls for n in self.layers):
                 raise StopForward
             return None
         return hook
@@ -207,12 +218,18 @@ class LayerInfo:
     name: str
     module_type: str
     shape: tuple[int, ...]      # per image: (units, *spatial)
-    captured: str               # "pre-activation: input of relu", "output", ...
+    captured: str               # "pre-activation: input of relu", "post-activation: output", ...
     calls: int                  # times the module runs per forward pass
+    activation_calls: frozenset[int] = frozenset()  # activation calls inside it whose inputs are captured
 
     @property
     def units(self) -> int:
         return self.shape[0]
+
+    @property
+    def what(self) -> str:
+        """``captured`` without its pre-/post-activation prefix."""
+        return self.captured.split(": ", 1)[1]
 
 
 def probe(model: nn.Module, layers: Iterable[str], example: torch.Tensor,
@@ -225,11 +242,11 @@ def probe(model: nn.Module, layers: Iterable[str], example: torch.Tensor,
         shapes[name] = tuple(value.shape[1:])
 
     modules = dict(model.named_modules())
-    with torch.no_grad(), Capture(model, layers, keep, post_activation, stop=False) as cap:
+    with torch.no_grad(), Capture(model, layers, keep, post_activation) as cap:
         cap.run(example)
     prefix = "post-activation: " if post_activation else "pre-activation: "
-    return {name: LayerInfo(name, type(modules[name]).__name__, shapes[name],
-                            prefix + cap.descriptions[name], cap.calls[name]) for name in layers}
+    return {name: LayerInfo(name, type(modules[name]).__name__, shapes[name], prefix + cap.descriptions[name],
+                            cap.calls[name], cap.used[name]) for name in layers}
 
 
 def all_layers(model: nn.Module, example: torch.Tensor, post_activation: bool = False) -> list[LayerInfo]:

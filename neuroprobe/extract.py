@@ -200,7 +200,6 @@ def _run(store: Store, plan: ExtractionPlan, module: torch.nn.Module, dev: torch
     cuda = dev.type == "cuda"
     if cuda:
         torch.backends.cudnn.benchmark = True
-    calls = {name: info.calls for name, info in plan.layers.items()}
     images_todo = sum(len(store.chunk_rows(c)) for c in chunks)
     writer = ChunkWriter(store, plan.layers, plan.spatial, pinned=cuda)
     batch_values: dict[str, torch.Tensor] = {}
@@ -215,7 +214,7 @@ def _run(store: Store, plan: ExtractionPlan, module: torch.nn.Module, dev: torch
     autocast = torch.autocast(dev.type, dtype=AMP_DTYPES[plan.amp]) if plan.amp else _nullcontext()
     try:
         with torch.no_grad(), Capture(module, list(plan.layers), on_value, plan.post_activation,
-                                             stop=True, calls_per_pass=calls) as capture:
+                                      plan=plan.layers) as capture:
             for rows, images, ok, reasons in loader:
                 first = int(rows[0])
                 chunk = first // store.chunk_size

@@ -16,8 +16,7 @@ torch.set_grad_enabled(False)
 
 def captured(model, layers, x, post=False):
     values = {}
-    with Capture(model, layers, lambda name, v: values.__setitem__(name, v.clone()), post_activation=post,
-                 stop=False) as capture:
+    with Capture(model, layers, lambda name, v: values.__setitem__(name, v.clone()), post_activation=post) as capture:
         capture.run(x)
     return values
 
@@ -140,14 +139,14 @@ def test_nested_layers_and_stop_after_deepest(effnet, x):
     seen, ran = {}, []
     hook = effnet.conv_head.register_forward_hook(lambda *a: ran.append(1))
     try:
-        with Capture(effnet, layers, lambda n, v: seen.__setitem__(n, v.clone()), stop=True,
-                     calls_per_pass={n: i.calls for n, i in info.items()}) as capture:
+        with Capture(effnet, layers, lambda n, v: seen.__setitem__(n, v.clone()), plan=info) as capture:
             capture.run(x)
     finally:
         hook.remove()
     assert not ran, "the forward pass went past the deepest requested layer"
     for layer in layers:
         assert torch.equal(seen[layer], full[layer])
+    assert info["blocks.3"].activation_calls == frozenset() and info["blocks.3.0.bn1"].activation_calls == {0}
     m = ref.out_of_place(effnet)
     h = m.blocks[:3](ref.effnet_stem(m, x))
     assert_close(full["blocks.3.0.bn1"], ref.bn(m.blocks[3][0].bn1, m.blocks[3][0].conv_pw(h)))
@@ -156,6 +155,8 @@ def test_nested_layers_and_stop_after_deepest(effnet, x):
 def test_probe_describes_capture(resnet18, googlenet, x):
     assert probe(resnet18, ["layer4.1"], x[:1])["layer4.1"].captured == "pre-activation: input of relu"
     assert probe(resnet18, ["layer4.1.relu"], x[:1])["layer4.1.relu"].calls == 2
+    # the plan keeps only what is needed: the block's second ReLU call; nothing for a linear bottleneck
+    assert probe(resnet18, ["layer4.1"], x[:1])["layer4.1"].activation_calls == {1}
     info = probe(googlenet, ["inception4c"], x[:1])["inception4c"]
     assert info.shape == (512, 14, 14) and info.captured.startswith("pre-activation: concatenation of 4")
 
