@@ -9,7 +9,9 @@ process takes every N-th pending chunk.
 """
 from __future__ import annotations
 
+import json
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -57,22 +59,16 @@ class ExtractionPlan:
         } | self.extra_attrs
 
     def identity(self) -> dict[str, Any]:
-        """The part of the attributes that must agree for a store to be resumed."""
-        a = self.attrs()
-        prov = a["provenance"]
-        return {"model": prov.get("model"), "weights": prov.get("weights"), "weights_sha256": prov.get("weights_sha256"),
-                "preprocessing": a["preprocessing"], "capture": a["capture"], "amp": a["amp"],
-                "manifest_sha256": a["manifest_sha256"], "layers": list(self.layers), "spatial_layers": self.spatial,
-                "chunk_size": self.chunk_size}
+        return resume_identity(self.attrs() | {"layers": list(self.layers), "spatial_layers": self.spatial,
+                                               "chunk_size": self.chunk_size})
 
 
-def _stored_identity(store: Store) -> dict[str, Any]:
-    a = store.attrs
-    prov = a.get("provenance", {})
-    return {"model": prov.get("model"), "weights": prov.get("weights"), "weights_sha256": prov.get("weights_sha256"),
-            "preprocessing": a.get("preprocessing"), "capture": a.get("capture"), "amp": a.get("amp"),
-            "manifest_sha256": a.get("manifest_sha256"), "layers": a.get("layers"),
-            "spatial_layers": a.get("spatial_layers"), "chunk_size": a.get("chunk_size")}
+def resume_identity(attrs: dict[str, Any]) -> dict[str, Any]:
+    """The attributes that must agree for a store to be resumed (JSON-normalised for comparison)."""
+    provenance = attrs.get("provenance", {})
+    keys = ("preprocessing", "capture", "amp", "manifest_sha256", "layers", "spatial_layers", "chunk_size")
+    identity = {k: provenance.get(k) for k in ("model", "weights", "weights_sha256")} | {k: attrs.get(k) for k in keys}
+    return json.loads(json.dumps(identity))
 
 
 def resolve_device(device: str | None, local_rank: int = 0) -> torch.device:
@@ -137,8 +133,6 @@ def extract(model: str | LoadedModel, data: str | Path | Manifest, layers: Seque
 
 
 def _check_writable(out: Path) -> None:
-    import os
-
     parent = out.resolve().parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -159,8 +153,8 @@ def _open_or_create(out: Path, plan: ExtractionPlan, dist: Distributed, overwrit
             store = Store(out)
             if not explicit_chunk:
                 plan.chunk_size = store.chunk_size
-            stored, wanted = _stored_identity(store), plan.identity()
-            diff = [k for k in wanted if _normal(stored.get(k)) != _normal(wanted[k])]
+            stored, wanted = resume_identity(store.attrs), plan.identity()
+            diff = [k for k in wanted if stored.get(k) != wanted[k]]
             if diff:
                 detail = "; ".join(f"{k}: store has {stored.get(k)!r}, this run {wanted[k]!r}" for k in diff[:2])
                 raise NeuroprobeError(f"{out} was made with other settings ({detail}); "
@@ -173,12 +167,6 @@ def _open_or_create(out: Path, plan: ExtractionPlan, dist: Distributed, overwrit
     store = Store(out)
     plan.chunk_size = store.chunk_size
     return store
-
-
-def _normal(value: Any) -> Any:
-    """JSON round-trip so that tuples and lists (or int and float) compare as stored."""
-    import json
-    return json.loads(json.dumps(value))
 
 
 def _batches(store: Store, chunks: Sequence[int], batch_size: int) -> Iterator[list[int]]:
