@@ -72,6 +72,28 @@ def build_parser() -> argparse.ArgumentParser:
                                                                  "default: PIL's 89.5 Mpx)")
     p.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
 
+    p = sub.add_parser("report", help="selectivity, top/bottom-K images and opponent responses: CSV + PNG",
+                       description="Read a store (no model needed) and write selectivity.csv, topk.csv, "
+                                   "opponent.csv, summary.csv and PNG figures into --out.")
+    p.add_argument("store")
+    p.add_argument("--category", default="dog", help="category to analyse; 'dog' = ImageNet classes 151-268 "
+                                                     "of the class_index column (default: %(default)s)")
+    p.add_argument("--category-column", default=None, help="image-table column holding the category (or the "
+                                                           "labels that --category-map maps)")
+    p.add_argument("--category-map", default=None, help="CSV with columns label,category")
+    p.add_argument("--layers", nargs="+", default=None, metavar="LAYER", help="default: every stored layer")
+    p.add_argument("--stat", default="mean", choices=["mean", "max", "min", "area"],
+                   help="statistic the selectivity indices use (default: %(default)s)")
+    p.add_argument("--normalization", default="minmax", choices=["minmax", "rectify"],
+                   help="per-unit normalization before the indices (default: %(default)s)")
+    p.add_argument("--threshold", type=float, default=0.65, help="selective above this index (default: %(default)s)")
+    p.add_argument("--permutations", type=int, default=1000, help="label permutations for p-values (0: none)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--k", type=int, default=9, help="top-K and bottom-K images per unit (default: %(default)s)")
+    p.add_argument("--n", type=int, default=50, help="strongest responses per side for the opponent counts "
+                                                     "(default: %(default)s)")
+    p.add_argument("--out", required=True, help="folder for the CSV tables and PNG figures")
+
     p = sub.add_parser("info", help="what a store holds and how complete it is")
     p.add_argument("store")
 
@@ -148,6 +170,21 @@ def _print_info(path) -> None:
         print("incomplete: run the same extract command again to finish it")
 
 
+def _report(args) -> int:
+    from .report import report
+
+    summary = report(args.store, args.out, args.category, layers=args.layers, stat=args.stat, k=args.k, n=args.n,
+                     threshold=args.threshold, permutations=args.permutations, seed=args.seed,
+                     column=args.category_column, mapping=args.category_map, normalization=args.normalization)
+    print(f"{args.category}-selective units (Malakhova index on {args.stat}, {args.normalization} normalized, "
+          f">= {args.threshold:g}):")
+    for row in summary.itertuples():
+        print(f"  {row.layer:<24} {row.selective:>5} of {row.units:<5} median {row.median_index:.3f}  "
+              f"max {row.max_index:.3f}  p<0.05: {row.significant_p05:<5} r(pos, neg) {row.r_positive_negative:+.2f}")
+    print(f"tables and figures in {Path(args.out).resolve()}")
+    return 0
+
+
 def _info(args) -> int:
     _print_info(args.store)
     return 0
@@ -160,4 +197,4 @@ def _export(args) -> int:
     return 0
 
 
-COMMANDS = {"layers": _layers, "extract": _extract, "info": _info, "export": _export}
+COMMANDS = {"layers": _layers, "extract": _extract, "report": _report, "info": _info, "export": _export}

@@ -120,6 +120,7 @@ def extract(model: str | LoadedModel, data: str | Path | Manifest, layers: Seque
 
     store = _open_or_create(out, plan, dist, overwrite, explicit_chunk=chunk_size is not None)
     pending = store.pending_chunks()
+    dist.barrier()  # every process has read the journal before any writes to it: all split the same list
     mine = pending[dist.rank::dist.world_size]
     total = len(manifest)
     done_before = total - sum(len(store.chunk_rows(c)) for c in pending)
@@ -263,3 +264,29 @@ class _Progress:
             self.bar.close()
         elapsed = time.monotonic() - self.start
         log.info("processed %d images in %.1f s (%.1f img/s)", self.count, elapsed, self.count / max(elapsed, 1e-9))
+
+
+def pool_images(model: LoadedModel, manifest: Manifest, layers: Sequence[str], *, post_activation: bool = False,
+                amp: str | None = None, batch_size: int = 32, device: str | None = None) -> dict[str, np.ndarray]:
+    """In memory, for a few images: {layer: float32 (image, 4, units)} pooled exactly as ``extract`` pools.
+
+    Rows of unreadable images are NaN. Used to verify stores and by tools that need the model.
+    """
+    dev = resolve_device(device)
+    module = model.module.to(dev).eval()
+    crop = model.preprocessing.crop
+    plan = probe(module, layers, torch.zeros(1, 3, crop, crop, device=dev), post_activation)
+    out = {name: np.full((len(manifest), len(STATS), info.units), np.nan, dtype=np.float32)
+           for name, info in plan.items()}
+    loader = torch.utils.data.DataLoader(ImageDataset(manifest, model.preprocessing), batch_size=batch_size)
+    autocast = torch.autocast(dev.type, dtype=AMP_DTYPES[amp]) if amp in AMP_DTYPES else _nullcontext()
+    batch: dict[str, torch.Tensor] = {}
+    with torch.no_grad(), Capture(module, list(plan), lambda n, v: batch.__setitem__(n, pool_units(v)),
+                                  post_activation, plan=plan) as capture:
+        for rows, images, ok, _ in loader:
+            with autocast:
+                capture.run(model.preprocessing.normalize(images.to(dev)))
+            keep = rows[ok].numpy()
+            for name, values in batch.items():
+                out[name][keep] = values.cpu().numpy()[ok.numpy()]
+    return out

@@ -1,0 +1,75 @@
+"""Unit analyses from a store, chunk by chunk: selectivity, top/bottom-K images, opponent responses.
+
+:func:`analyze` reads each needed statistic of each layer once and feeds every analysis from that
+single pass; :func:`selectivity`, :func:`top_images` and :func:`opponent` are the same with one part.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import pandas as pd
+
+from ..store import read_images
+from .categories import category_membership, class_labels
+from .opponent import OpponentCollector
+from .scan import layer_names, scan
+from .selectivity import SelectivityCollector
+from .topk import DEFAULT_CRITERIA, TopKCollector
+
+PARTS = ("selectivity", "topk", "opponent")
+
+
+def analyze(store: str | Path, category: str = "dog", *, layers: Sequence[str] | None = None, stat: str = "mean",
+            k: int = 9, n: int = 50, column: str | None = None, mapping: Mapping | str | Path | None = None,
+            classes: str | None = "class_index", normalization: str = "minmax", eps: float = 1e-6,
+            threshold: float = 0.65, permutations: int = 1000, seed: int = 0,
+            criteria: Sequence[tuple[str, str]] = DEFAULT_CRITERIA, image_columns: bool = False,
+            parts: Sequence[str] = PARTS) -> dict[str, pd.DataFrame]:
+    """Selectivity, top/bottom-K and opponent tables for ``layers`` of ``store`` in one pass per layer.
+
+    See :mod:`neuroprobe.analysis.selectivity` for the indices and their normalization.
+    ``image_columns=True`` joins the image table's columns onto the top-K rows.
+    """
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        raise ValueError(f"unknown parts {sorted(unknown)}; choose from {PARTS}")
+    images = read_images(store)
+    needs_category = "selectivity" in parts or "opponent" in parts
+    membership = category_membership(images, category, column, mapping) if needs_category else None
+    class_codes = class_labels(images, classes) if "selectivity" in parts and classes and classes in images else None
+    frames: dict[str, list[pd.DataFrame]] = {part: [] for part in parts}
+    for layer in layer_names(store, layers):
+        collectors = {}
+        if "selectivity" in parts:
+            collectors["selectivity"] = SelectivityCollector(layer, stat, category, membership, class_codes,
+                                                             normalization, eps, threshold, permutations, seed)
+        if "topk" in parts:
+            collectors["topk"] = TopKCollector(layer, k, criteria)
+        if "opponent" in parts:
+            collectors["opponent"] = OpponentCollector(layer, category, membership, n)
+        scan(store, layer, list(collectors.values()))
+        for part, collector in collectors.items():
+            frames[part].append(collector.frame())
+    out = {part: pd.concat(f, ignore_index=True) for part, f in frames.items()}
+    if image_columns and "topk" in out:
+        out["topk"] = out["topk"].join(images, on="image")
+    return out
+
+
+def selectivity(store: str | Path, category: str = "dog", **options) -> pd.DataFrame:
+    """Selectivity indices per unit (tidy: layer, unit, stat, category, index, value, selective, p)."""
+    return analyze(store, category, parts=("selectivity",), **options)["selectivity"]
+
+
+def top_images(store: str | Path, *, k: int = 9, **options) -> pd.DataFrame:
+    """Top-K and bottom-K images per unit (layer, unit, criterion, direction, rank, image, value)."""
+    return analyze(store, k=k, parts=("topk",), **options)["topk"]
+
+
+def opponent(store: str | Path, category: str = "dog", *, n: int = 50, **options) -> pd.DataFrame:
+    """Category images among each unit's N strongest positive (max) and negative (min) responses."""
+    return analyze(store, category, n=n, parts=("opponent",), **options)["opponent"]
+
+
+__all__ = ["analyze", "category_membership", "opponent", "selectivity", "top_images"]

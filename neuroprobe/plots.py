@@ -1,0 +1,111 @@
+"""Figures a reader understands without the code: selectivity distributions, the opponent figure,
+a unit's strongest positive and negative images. Each function returns a matplotlib Figure."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg") if not matplotlib.get_backend().lower().startswith(("module://", "nbagg", "widget")) else None
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+INDEX_LABELS = {"malakhova": "Malakhova selectivity index", "balanced": "class-balanced selectivity index",
+                "morcos": "class selectivity index (Morcos et al.)"}
+
+
+def selectivity_distribution(selectivity: pd.DataFrame, index: str = "malakhova", threshold: float = 0.65,
+                             category_share: float | None = None) -> plt.Figure:
+    """Histogram of one index per layer, with the selectivity threshold and the chance level."""
+    data = selectivity[selectivity["index"] == index].copy()
+    counts = data.groupby("layer", sort=False)["value"].agg(total="size", selective=lambda v: int((v >= threshold).sum()))
+    labels = {layer: f"{layer}: {row.selective} of {row.total} units >= {threshold:g}" for layer, row in counts.iterrows()}
+    data["layer"] = data["layer"].map(labels)
+    fig, ax = plt.subplots(figsize=(7.5, 4.2), layout="constrained")
+    sns.histplot(data, x="value", hue="layer", hue_order=list(labels.values()), element="step", stat="percent",
+                 common_norm=False, bins=40, ax=ax)
+    lines = [(threshold, "--", f"threshold {threshold:g}")]
+    chance = 0.5 if index == "balanced" else category_share
+    if chance is not None and index != "morcos":
+        lines.append((chance, ":", f"chance {chance:.2f}"))
+    for x, style, text in lines:
+        ax.axvline(x, color="black", linestyle=style, linewidth=1)
+        ax.text(x, 0.98, f" {text}", transform=ax.get_xaxis_transform(), va="top", fontsize=8)
+    category = "preferred class" if index == "morcos" else data["category"].iloc[0]
+    ax.set(xlabel=f"{INDEX_LABELS[index]} ({data['stat'].iloc[0]} pre-activation, "
+                  f"{data['normalization'].iloc[0]} normalized per unit)",
+           ylabel="units (% of layer)", title=f"Selectivity for {category}, by layer")
+    return fig
+
+
+def opponent_figure(opponent: pd.DataFrame, selectivity: pd.DataFrame, layer: str, index: str = "malakhova",
+                    threshold: float = 0.65) -> plt.Figure:
+    """Malakhova's Figure 2: for units sorted by selectivity, category images among the top-N positive
+    (up) and top-N negative (down) responses; selective units highlighted; and the two counts against
+    each other."""
+    opp = opponent[opponent["layer"] == layer]
+    sel = selectivity[(selectivity["layer"] == layer) & (selectivity["index"] == index)][["unit", "value"]]
+    frame = opp.merge(sel, on="unit").sort_values("value", ascending=False, kind="stable").reset_index(drop=True)
+    category, n = frame["category"].iloc[0], int(frame["n"].iloc[0])
+    expected = n * float(frame["category_share"].iloc[0])
+    selective = frame["value"] >= threshold
+    fig, (bars, scatter) = plt.subplots(1, 2, figsize=(12, 4.5), width_ratios=[2.2, 1], layout="constrained")
+    x = np.arange(len(frame))
+    colors = np.where(selective, "#d62728", "#4c72b0")
+    bars.bar(x, frame["positive_in_category"], width=1.0, color=colors, linewidth=0)
+    bars.bar(x, -frame["negative_in_category"], width=1.0, color=colors, alpha=0.55, linewidth=0)
+    for level in (expected, -expected):
+        bars.axhline(level, color="grey", linestyle=":", linewidth=1)
+    bars.axhline(0, color="black", linewidth=0.6)
+    bars.set(xlim=(-0.5, len(frame) - 0.5), xlabel=f"units of {layer}, sorted by {category} selectivity (most selective left)",
+             ylabel=f"{category} images among the unit's {n}\nstrongest positive (up) / negative (down)",
+             title=f"{layer}: opponent responses ({int(selective.sum())} units with {index} index >= {threshold:g} in red; "
+                   f"dotted = chance)")
+    ticks = bars.get_yticks()
+    bars.set_yticks(ticks, [f"{abs(t):g}" for t in ticks])
+    r = np.corrcoef(frame["positive_in_category"], frame["negative_in_category"])[0, 1] if len(frame) > 2 else np.nan
+    points = scatter.scatter(frame["positive_in_category"], frame["negative_in_category"], c=frame["value"], s=10,
+                             cmap="viridis", alpha=0.8)
+    fig.colorbar(points, ax=scatter, label=f"{index} selectivity")
+    scatter.set(xlabel=f"{category} images among top-{n} positive", ylabel=f"{category} images among top-{n} negative",
+                title=f"positive vs negative, r = {r:.2f}")
+    return fig
+
+
+def unit_images(store: str | Path, topk: pd.DataFrame, layer: str, unit: int, k: int | None = None) -> plt.Figure:
+    """A unit's top-K images by ``max`` (top row) and bottom-K by ``min`` (bottom row), with their values,
+    cropped as the model saw them."""
+    import zarr
+
+    from .data import load_image
+    from .models import Preprocessing
+    from .store import read_images
+
+    attrs = dict(zarr.open_group(str(store), mode="r").attrs)
+    prep = attrs["preprocessing"]
+    preprocessing = Preprocessing(**{**prep, "mean": tuple(prep["mean"]), "std": tuple(prep["std"])})
+    images = read_images(store)
+    root = Path(attrs["data_root"])
+    rows = topk[(topk["layer"] == layer) & (topk["unit"] == unit)]
+    sides = [("max", "top", "strongest positive (max)"), ("min", "bottom", "strongest negative (min)")]
+    k = k or int(rows["rank"].max())
+    fig, axes = plt.subplots(2, k, figsize=(1.6 * k, 4.0), layout="constrained", squeeze=False)
+    for r, (stat, direction, label) in enumerate(sides):
+        chosen = rows[(rows["criterion"] == stat) & (rows["direction"] == direction)].sort_values("rank").head(k)
+        for c in range(k):
+            ax = axes[r, c]
+            ax.axis("off")
+            if c >= len(chosen):
+                continue
+            entry = chosen.iloc[c]
+            path = images["path"].iat[int(entry["image"])]
+            picture = preprocessing.to_uint8(load_image(root / path)).permute(1, 2, 0).numpy()
+            ax.imshow(picture)
+            name = images["class_name"].iat[int(entry["image"])] if "class_name" in images else Path(path).stem
+            ax.set_title(f"{stat} {entry['value']:.2f}\n{str(name)[:18]}", fontsize=7)
+        axes[r, 0].text(-0.08, 0.5, label, transform=axes[r, 0].transAxes, rotation=90, ha="right", va="center",
+                        fontsize=8)
+    fig.suptitle(f"{layer} unit {unit}: images with the strongest positive and negative pre-activation", fontsize=10)
+    return fig
