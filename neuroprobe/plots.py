@@ -74,9 +74,10 @@ def opponent_figure(opponent: pd.DataFrame, selectivity: pd.DataFrame, layer: st
     return fig
 
 
-def unit_images(store: str | Path, topk: pd.DataFrame, layer: str, unit: int, k: int | None = None) -> plt.Figure:
-    """A unit's top-K images by ``max`` (top row) and bottom-K by ``min`` (bottom row), with their values,
-    cropped as the model saw them."""
+def unit_images(store: str | Path, topk: pd.DataFrame, layer: str, unit: int, k: int | None = None,
+                top: str = "max", bottom: str = "min") -> plt.Figure:
+    """A unit's top-K images by ``top`` (first row) and bottom-K by ``bottom`` (second row), with their
+    values, cropped as the model saw them."""
     import zarr
 
     from .data import load_image
@@ -89,7 +90,7 @@ def unit_images(store: str | Path, topk: pd.DataFrame, layer: str, unit: int, k:
     images = read_images(store)
     root = Path(attrs["data_root"])
     rows = topk[(topk["layer"] == layer) & (topk["unit"] == unit)]
-    sides = [("max", "top", "strongest positive (max)"), ("min", "bottom", "strongest negative (min)")]
+    sides = [(top, "top", f"strongest positive ({top})"), (bottom, "bottom", f"strongest negative ({bottom})")]
     k = k or int(rows["rank"].max())
     fig, axes = plt.subplots(2, k, figsize=(1.6 * k, 4.0), layout="constrained", squeeze=False)
     for r, (stat, direction, label) in enumerate(sides):
