@@ -107,7 +107,7 @@ class _Recorder(TorchFunctionMode):
         record = self.records.get(id(tensor))
         if record is None or record.output() is not tensor or _version(tensor) != record.output_version:
             return tensor, "output", frozenset()
-        if any(_version(t) != v for t, v in zip(record.inputs, record.input_versions)):
+        if any(_version(t) != v for t, v in zip(record.inputs, record.input_versions, strict=False)):
             raise NeuroprobeError("an activation's input was modified in place after the call; "
                                   "request the module that produces it instead")
         if record.kind == "activation":

@@ -153,7 +153,7 @@ def _load_state(module: nn.Module, state: dict[str, torch.Tensor], path: str, by
     if by_position:
         if len(state) != len(target):
             raise NeuroprobeError(f"{path} has {len(state)} tensors, the model {len(target)}")
-        state = dict(zip(target.keys(), state.values()))
+        state = dict(zip(target.keys(), state.values(), strict=False))
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -225,4 +225,4 @@ def test_verify_catches_a_stale_store(tmp_path, small_csv):
     tampered[row, unit] = tampered[row, unit] + 1.0
     checked = verify(store, top_images(store, k=2, layers=["bn2"], criteria=[("max", "top")]).query("unit < 8"))
     bad = checked[~checked["agrees"]]
-    assert list(zip(bad["image"], bad["unit"])) == [(row, unit)]
+    assert list(zip(bad["image"], bad["unit"], strict=False)) == [(row, unit)]

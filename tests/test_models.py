@@ -1,7 +1,6 @@
 """Models by name, weights files, and preprocessing equal to the libraries' own transforms."""
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch

@@ -62,7 +62,7 @@ def _read_mapping(path: str | Path) -> dict[str, str]:
     table = pd.read_csv(path, dtype=str, keep_default_na=False)
     if table.shape[1] < 2:
         raise NeuroprobeError(f"{path} needs two columns: label,category")
-    return dict(zip(table.iloc[:, 0], table.iloc[:, 1]))
+    return dict(zip(table.iloc[:, 0], table.iloc[:, 1], strict=False))
 
 
 def class_labels(images: pd.DataFrame, column: str = "class_index") -> tuple[np.ndarray, list[str]]:

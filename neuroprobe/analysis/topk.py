@@ -18,7 +18,7 @@ class TopKCollector:
 
     def __init__(self, layer: str, k: int = 9, criteria: Sequence[tuple[str, str]] = DEFAULT_CRITERIA,
                  eligible: np.ndarray | None = None) -> None:
-        for stat, direction in criteria:
+        for _stat, direction in criteria:
             if direction not in ("top", "bottom"):
                 raise ValueError(f"direction must be 'top' or 'bottom', not {direction!r}")
         self.layer, self.k, self.criteria = layer, k, list(criteria)
@@ -30,7 +30,7 @@ class TopKCollector:
         keep = valid if self.eligible is None else valid & self.eligible[rows]
         if not keep.any():
             return
-        for (stat, direction), running in self.running.items():
+        for (stat, _direction), running in self.running.items():
             running.add(blocks[stat][keep], rows[keep])
 
     def result(self, stat: str, direction: str) -> tuple[np.ndarray, np.ndarray]:

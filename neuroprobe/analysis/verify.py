@@ -53,7 +53,7 @@ def verify(store: str | Path, topk: pd.DataFrame, *, model: LoadedModel | None =
     position = {row: i for i, row in enumerate(wanted)}
     out = topk.copy()
     recomputed = np.empty(len(out))
-    for i, (layer, unit, stat, image) in enumerate(zip(out["layer"], out["unit"], out["criterion"], out["image"])):
+    for i, (layer, unit, stat, image) in enumerate(zip(out["layer"], out["unit"], out["criterion"], out["image"], strict=False)):
         recomputed[i] = pooled[layer][position[image], STATS.index(stat), unit]
     out["recomputed"] = recomputed
     out["abs_diff"] = np.abs(out["value"] - recomputed)
