@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -235,7 +236,9 @@ def _load_torchvision(name: str, weights: str | None) -> LoadedModel:
                               "(or timm:<name> for a timm model)")
     if _is_none(weights) or _is_file(weights):
         torch.manual_seed(RANDOM_INIT_SEED)
-        module = get_model(name)
+        with warnings.catch_warnings():  # GoogLeNet/Inception announce a future change of their random init
+            warnings.filterwarnings("ignore", message="The default weight initialization", category=FutureWarning)
+            module = get_model(name)
         prov: dict[str, Any] = {"weights": "none", "init_seed": RANDOM_INIT_SEED}
         preprocessing = Preprocessing(source="default (resize 256 bilinear, crop 224, ImageNet mean/std)")
         if _is_file(weights):
