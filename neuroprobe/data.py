@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif"}
 MAX_PIXELS = 89_478_485  # PIL's own decompression-bomb limit (about 0.25 GB of RGB pixels)
+RESERVED_COLUMNS = ("status", "reason")  # written by the store beside the manifest's columns
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
@@ -54,6 +55,10 @@ def read_manifest(data: str | Path) -> Manifest:
         if "path" not in table.columns:
             raise NeuroprobeError(f"{data} has no 'path' column (columns: {', '.join(map(str, table.columns))}); "
                                   "add one with image paths relative to the CSV's folder")
+        clash = [str(c) for c in table.columns if c in RESERVED_COLUMNS or "/" in str(c)]
+        if clash:
+            raise NeuroprobeError(f"{data} has column(s) {', '.join(clash)}: the store writes its own "
+                                  f"{' and '.join(RESERVED_COLUMNS)} and column names cannot hold '/'; rename them")
         table["path"] = table["path"].astype(str)
         root = source.parent
     if len(table) == 0:
@@ -63,7 +68,8 @@ def read_manifest(data: str | Path) -> Manifest:
 
 
 def _scan_folder(folder: Path) -> pd.DataFrame:
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    files = sorted(p for p in folder.rglob("*")
+                   if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
     images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
     rel = [p.relative_to(folder) for p in images]
     nested = [r for r in rel if len(r.parts) > 1]
@@ -79,11 +85,12 @@ def to_rgb(image: Image.Image) -> Image.Image:
     """Any PIL mode -> RGB: 16-bit and float scaled to 8 bits, transparency composited on white."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         values = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
-        if image.mode == "F" and values.max(initial=0) <= 1.0:
-            top = 1.0
+        top = 65535.0  # "I" too: Pillow opens 16-bit PGM/PPM/TIFF as "I", scaled to 0..65535, dark or not
+        if image.mode == "F":  # float: [0, 1], [0, 255] or 16-bit range, judged by the largest value
+            peak = values.max(initial=0)
+            top = 1.0 if peak <= 1.0 else 255.0 if peak <= 255 else 65535.0
         image = Image.fromarray(np.clip(np.rint(values / top * 255.0), 0, 255).astype(np.uint8), mode="L")
-    if image.mode == "P":
+    if image.mode == "P" or (image.mode in ("L", "RGB") and "transparency" in image.info):  # PNG colour keys too
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = image.convert("RGBA")

@@ -89,7 +89,11 @@ class Store:
         spatial = list(spatial)
         n = len(manifest)
         n_chunks = math.ceil(n / chunk_size)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+        try:
+            tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+        except OSError as exc:  # read-only file system, /proc, permissions that os.access does not show
+            raise NeuroprobeError(f"cannot write {path}: cannot create files in {path.parent} ({_why(exc)}); "
+                                  "choose another --out") from exc
         try:
             root = zarr.open_group(str(tmp), mode="w")
             root.attrs.update(attrs | {"chunk_size": chunk_size, "n_images": n, "layers": list(layers),
@@ -170,6 +174,11 @@ class Store:
         self._array(JOURNAL)[chunk] = 1
 
 
+def _why(exc: OSError) -> str:
+    """The short system reason of an OSError (h5py's messages run over several clauses)."""
+    return os.strerror(exc.errno) if exc.errno else str(exc).splitlines()[0]
+
+
 # -- public views -----------------------------------------------------------------------------------
 def _check_store(path: str | Path) -> Path:
     path = Path(path)
@@ -239,7 +248,11 @@ def export_hdf5(store: str | Path, target: str | Path) -> Path:
     if not target.parent.exists():
         raise NeuroprobeError(f"cannot write {target}: folder {target.parent} does not exist")
     partial = target.with_name(target.name + ".partial")
-    with h5py.File(partial, "w") as out:
+    try:
+        handle = h5py.File(partial, "w")
+    except OSError as exc:
+        raise NeuroprobeError(f"cannot write {target} ({_why(exc)}); choose another target") from exc
+    with handle as out:
         _copy_group(source, out)
     os.replace(partial, target)
     return target
