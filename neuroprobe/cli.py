@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -121,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("neuroprobe: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into head or less, which closed early: no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own recipe (signal docs)
+        return 1
 
 
 def _layers(args) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
 import h5py
@@ -19,7 +20,8 @@ import zarr
 
 import neuroprobe
 
-from helpers_robustness import SAMPLE_CSV, cli, one_line_error, sample_table, make_bad_files, store_arrays
+from helpers_robustness import (PYTHON, ROOT, SAMPLE_CSV, cli, cli_env, make_bad_files, one_line_error, sample_table,
+                                store_arrays)
 
 SAMPLE = str(SAMPLE_CSV)
 EXTRACT = ["extract", "--layers", "bn2", "--device", "cpu", "--no-progress"]
@@ -130,6 +132,16 @@ def test_layers_lists_shapes(runs):
     assert shapes["blocks.3"] == "80x14x14" and shapes["bn2"] == "1280x7x7"
     assert {name: row[2] for name, row in rows.items()} == shapes
     assert footer.strip() == f"{len(shapes)} layers; input 224x224"
+
+
+def test_output_into_a_closed_pipe_is_quiet():
+    """``python -m neuroprobe layers | head -1``: the reader leaves early; no traceback on stderr."""
+    proc = subprocess.Popen([PYTHON, "-m", "neuroprobe", "layers", "--filter", "blocks.3"], cwd=ROOT, env=cli_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # before anything is written: the first write meets EPIPE
+    stderr = proc.communicate(timeout=300)[1].decode()
+    assert proc.returncode == 1, stderr
+    assert stderr == ""
 
 
 def test_info_prints_the_counts(runs, files):
