@@ -100,8 +100,8 @@ def extract(model: str | LoadedModel, data: str | Path | Manifest, layers: Seque
         raise NeuroprobeError("--batch-size must be at least 1")
     out = Path(out)
     _check_writable(out)
+    manifest = data if isinstance(data, Manifest) else read_manifest(data)  # cheap mistakes first
     loaded = model if isinstance(model, LoadedModel) else load_model(model, weights)
-    manifest = data if isinstance(data, Manifest) else read_manifest(data)
     dist = Distributed.from_environment()
     dev = resolve_device(device, dist.local_rank)
     module = loaded.module.to(dev).eval()

@@ -89,6 +89,8 @@ class Store:
         spatial = list(spatial)
         n = len(manifest)
         n_chunks = math.ceil(n / chunk_size)
+        for stale in path.parent.glob(f".{path.name}.*.partial"):  # left by a creation that was killed
+            shutil.rmtree(stale, ignore_errors=True)
         try:
             tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
         except OSError as exc:  # read-only file system, /proc, permissions that os.access does not show
@@ -252,8 +254,12 @@ def export_hdf5(store: str | Path, target: str | Path) -> Path:
         handle = h5py.File(partial, "w")
     except OSError as exc:
         raise NeuroprobeError(f"cannot write {target} ({_why(exc)}); choose another target") from exc
-    with handle as out:
-        _copy_group(source, out)
+    try:
+        with handle as out:
+            _copy_group(source, out)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     os.replace(partial, target)
     return target
 
