@@ -226,3 +226,24 @@ def test_verify_catches_a_stale_store(tmp_path, small_csv):
     checked = verify(store, top_images(store, k=2, layers=["bn2"], criteria=[("max", "top")]).query("unit < 8"))
     bad = checked[~checked["agrees"]]
     assert list(zip(bad["image"], bad["unit"], strict=False)) == [(row, unit)]
+
+
+@pytest.mark.parametrize("largest", [True, False])
+def test_running_topk_exact_with_ties_nan_and_signed_zero(largest):
+    from neuroprobe.analysis.running import RunningTopK
+
+    rng = np.random.default_rng(11)
+    values = rng.integers(-2, 3, size=(500, 7)).astype(np.float32)
+    values[rng.random(values.shape) < 0.05] = np.nan
+    values[rng.random(values.shape) < 0.1] = -0.0
+    values[:, 6] = 1.0  # one unit where everything ties
+    running = RunningTopK(9, largest)
+    for lo in range(0, 500, 37):
+        running.add(values[lo:lo + 37], np.arange(lo, min(lo + 37, 500)))
+    rows, got = running.result()
+    for unit in range(7):
+        col = values[:, unit]
+        valid = [i for i in range(500) if not np.isnan(col[i])]
+        want = sorted(valid, key=lambda i: ((-1 if largest else 1) * (col[i] + 0.0), i))[:9]
+        assert list(rows[:, unit]) == want
+        np.testing.assert_array_equal(got[:, unit], col[want] + 0.0)

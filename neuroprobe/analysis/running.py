@@ -9,42 +9,59 @@ import numpy as np
 import torch
 
 INDEX_BITS = 31  # images per store: up to 2**31 - 1
+PADDING = torch.iinfo(torch.int64).min  # below every real key
 
 
-def _sortable(values: np.ndarray) -> np.ndarray:
-    """float32 -> int64 whose order is the float order (NaN lowest; -0.0 == 0.0)."""
-    v = np.where(np.isnan(values), -np.inf, values).astype(np.float32) + np.float32(0.0)
-    bits = v.view(np.int32).astype(np.int64)
-    return np.where(bits >= 0, bits + (1 << 31), (1 << 31) - 1 - (bits & 0x7FFFFFFF))
+def _sortable(values: torch.Tensor) -> torch.Tensor:
+    """float32 -> int64 (>= 0) whose order is the float order (-0.0 == 0.0; NaN must be removed first)."""
+    bits = (values + 0.0).view(torch.int32).to(torch.int64)
+    return torch.where(bits >= 0, bits + (1 << 31), (1 << 31) - 1 - (bits & 0x7FFFFFFF))
+
+
+def _unsortable(ordered: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`_sortable`."""
+    bits = torch.where(ordered >= (1 << 31), ordered - (1 << 31), ((1 << 31) - 1 - ordered) | 0x80000000)
+    return bits.to(torch.int32).view(torch.float32)  # int64 -> int32 keeps the low 32 bits
 
 
 class RunningTopK:
     """The ``k`` largest (or smallest) values per unit with their rows; ties go to the earlier row.
 
-    Each (value, row) pair becomes one int64 key (order-preserving float bits above the reversed
-    row index), so ``torch.topk`` selects exactly and deterministically, chunk after chunk.
+    Per block, a float ``topk`` gives each unit's k-th value; only the elements at or above it (and
+    above the k-th value kept so far) become exact int64 keys, order-preserving float bits above the
+    reversed row index, so that the final ``topk`` over keys is exact and deterministic.
     """
 
     def __init__(self, k: int, largest: bool = True) -> None:
         self.k, self.largest = k, largest
-        self.keys: torch.Tensor | None = None
+        self.keys: torch.Tensor | None = None   # (<= k, units) best first
+        self.kth: torch.Tensor | None = None    # value of the k-th key, once k are kept
 
     def add(self, values: np.ndarray, rows: np.ndarray) -> None:
-        signed = values if self.largest else -values
-        keys = (_sortable(signed) << INDEX_BITS) | ((1 << INDEX_BITS) - 1 - rows.astype(np.int64))[:, None]
-        keys = torch.from_numpy(keys)
-        if self.keys is not None:
-            keys = torch.cat([self.keys, keys])
+        v = torch.from_numpy(values)
+        v = torch.nan_to_num(v if self.largest else -v, nan=-float("inf"))
+        threshold = torch.topk(v, min(self.k, v.shape[0]), dim=0).values[-1]
+        if self.kth is not None:
+            threshold = torch.maximum(threshold, self.kth)
+        row, unit = (v >= threshold).nonzero(as_tuple=True)          # row-major: earlier rows first
+        order = torch.argsort(unit, stable=True)
+        row, unit = row[order], unit[order]
+        counts = torch.bincount(unit, minlength=v.shape[1])
+        position = torch.arange(unit.numel()) - (torch.cumsum(counts, 0) - counts)[unit]
+        block = torch.full((int(counts.max()), v.shape[1]), PADDING, dtype=torch.int64)
+        rows_t = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64))
+        block[position, unit] = (_sortable(v[row, unit]) << INDEX_BITS) | ((1 << INDEX_BITS) - 1 - rows_t[row])
+        keys = block if self.keys is None else torch.cat([self.keys, block])
         self.keys = torch.topk(keys, min(self.k, keys.shape[0]), dim=0).values
+        if self.keys.shape[0] == self.k and bool((self.keys[-1] != PADDING).all()):
+            self.kth = _unsortable(self.keys[-1] >> INDEX_BITS)
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
         """(rows, values), each (k, units), best first; value NaN where a unit has fewer valid images."""
-        keys = self.keys.numpy()
-        rows = (1 << INDEX_BITS) - 1 - (keys & ((1 << INDEX_BITS) - 1))
-        ordered = keys >> INDEX_BITS
-        bits = np.where(ordered >= (1 << 31), ordered - (1 << 31), ((1 << 31) - 1 - ordered) | 0x80000000)
-        values = bits.astype(np.uint32).view(np.float32).astype(np.float32)
-        values = np.where(np.isneginf(values), np.nan, values)
+        keys = self.keys
+        rows = ((1 << INDEX_BITS) - 1 - (keys & ((1 << INDEX_BITS) - 1))).numpy()
+        values = _unsortable(keys >> INDEX_BITS).numpy().astype(np.float32)
+        values[np.isneginf(values) | (keys == PADDING).numpy()] = np.nan
         return rows, values if self.largest else -values
 
 
@@ -58,9 +75,9 @@ class UnitSums:
     def add(self, values: np.ndarray) -> None:
         if values.shape[0] == 0:
             return
-        v = values.astype(np.float64)
-        low, high = v.min(0), v.max(0)
-        total, positive = v.sum(0), np.maximum(v, 0).sum(0)
+        low, high = values.min(0).astype(np.float64), values.max(0).astype(np.float64)
+        total = values.sum(0, dtype=np.float64)
+        positive = np.maximum(values, 0).sum(0, dtype=np.float64)
         if self.total is None:
             self.low, self.high, self.total, self.positive = low, high, total, positive
         else:

@@ -9,7 +9,7 @@ import zarr
 
 from ..errors import NeuroprobeError, closest
 
-READ_BYTES = 64 << 20  # per statistic and read: a few store chunks at a time
+READ_BYTES = 16 << 20  # per statistic and read: one or a few store chunks at a time
 
 
 class Collector(Protocol):

@@ -26,7 +26,7 @@ NORMALIZATIONS = ("minmax", "rectify")
 
 
 class ClassSums:
-    """Per class and unit sums of the normalized-to-be values, by index_add (O(images x units))."""
+    """Per class and unit sums, by index_add (O(images x units)): float32 within a block, float64 across."""
 
     def __init__(self, n_classes: int, positive: bool) -> None:
         self.n_classes, self.positive = n_classes, positive
@@ -34,13 +34,29 @@ class ClassSums:
         self.counts = np.zeros(n_classes)
 
     def add(self, values: np.ndarray, codes: np.ndarray) -> None:
-        v = torch.from_numpy(values.astype(np.float64))
+        v = torch.from_numpy(values)
         if self.positive:
             v = v.clamp(min=0)
-        if self.sums is None:
-            self.sums = torch.zeros(self.n_classes, values.shape[1], dtype=torch.float64)
-        self.sums.index_add_(0, torch.from_numpy(codes), v)
+        block = torch.zeros(self.n_classes, values.shape[1], dtype=torch.float32)
+        block.index_add_(0, torch.from_numpy(codes), v)
+        self.sums = block.double() if self.sums is None else self.sums.add_(block)
         self.counts += np.bincount(codes, minlength=self.n_classes)
+
+
+class CategorySums:
+    """Per unit: sum (of max(value, 0) when ``positive``) over category images, and their count."""
+
+    def __init__(self, positive: bool) -> None:
+        self.positive = positive
+        self.sums: np.ndarray | float = 0.0
+        self.count = 0
+
+    def add(self, values: np.ndarray, member: np.ndarray) -> None:
+        chosen = values[member == 1]
+        if self.positive:
+            chosen = np.maximum(chosen, 0)
+        self.sums = self.sums + chosen.sum(0, dtype=np.float64)
+        self.count += chosen.shape[0]
 
 
 class SelectivityCollector:
@@ -58,7 +74,7 @@ class SelectivityCollector:
         self.analysed = np.isfinite(membership)
         positive = normalization == "rectify"
         self.units = UnitSums()
-        self.in_category = GroupSums(positive)
+        self.in_category = CategorySums(positive)
         self.null = GroupSums(positive, float32=True) if permutations else None
         self.permuter = ChunkedPermutation(int(self.analysed.sum()), int(np.nansum(membership)), permutations,
                                            seed) if permutations else None
@@ -69,7 +85,7 @@ class SelectivityCollector:
         keep = self.analysed[rows] & valid
         chosen, member = values[keep], self.membership[rows][keep]
         self.units.add(chosen)
-        self.in_category.add(chosen, member[:, None])
+        self.in_category.add(chosen, member)
         if self.null is not None:
             self.null.add(chosen, self.permuter.membership(member))
         if self.class_sums is not None:
@@ -87,9 +103,9 @@ class SelectivityCollector:
 
     def frame(self) -> pd.DataFrame:
         u, eps = self.units, self.eps
-        n, n_cat = u.n, float(self.in_category.counts[0])
+        n, n_cat = u.n, float(self.in_category.count)
         total = self._normalize(u.positive if self.normalization == "rectify" else u.total, n)
-        in_cat = self._normalize(self.in_category.sums[:, 0], n_cat)
+        in_cat = self._normalize(self.in_category.sums, n_cat)
         with np.errstate(invalid="ignore", divide="ignore"):
             malakhova = in_cat / (total + eps)
             mean_cat, mean_rest = in_cat / n_cat, (total - in_cat) / (n - n_cat)
