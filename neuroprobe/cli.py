@@ -13,7 +13,7 @@ EXAMPLES = """examples:
   python -m neuroprobe layers  --model efficientnet_lite0
   python -m neuroprobe extract --model efficientnet_lite0 --data data/sample/labels.csv \\
          --layers blocks.3 blocks.5.0.bn2 bn2 --out runs/sample.zarr
-  python -m neuroprobe report  runs/sample.zarr --category dog --out runs/sample-report
+  python -m neuroprobe report  runs/sample.zarr --category dog --n 10 --out runs/sample-report
   python -m neuroprobe info    runs/sample.zarr
   python -m neuroprobe export  runs/sample.zarr runs/sample.h5
 """

@@ -5,12 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg") if not matplotlib.get_backend().lower().startswith(("module://", "nbagg", "widget")) else None
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+
+from .analysis.opponent import correlation  # noqa: E402
 
 INDEX_LABELS = {"malakhova": "Malakhova selectivity index", "balanced": "class-balanced selectivity index",
                 "morcos": "class selectivity index (Morcos et al.)"}
@@ -61,16 +64,16 @@ def opponent_figure(opponent: pd.DataFrame, selectivity: pd.DataFrame, layer: st
     bars.axhline(0, color="black", linewidth=0.6)
     bars.set(xlim=(-0.5, len(frame) - 0.5), xlabel=f"units of {layer}, sorted by {category} selectivity (most selective left)",
              ylabel=f"{category} images among the unit's {n}\nstrongest positive (up) / negative (down)",
-             title=f"{layer}: opponent responses ({int(selective.sum())} units with {index} index >= {threshold:g} in red; "
-                   f"dotted = chance)")
-    ticks = bars.get_yticks()
-    bars.set_yticks(ticks, [f"{abs(t):g}" for t in ticks])
-    r = np.corrcoef(frame["positive_in_category"], frame["negative_in_category"])[0, 1] if len(frame) > 2 else np.nan
+             title=f"red: {int(selective.sum())} units with {index} index >= {threshold:g}; dotted: chance")
+    bars.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    bars.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda t, _: f"{abs(t):g}"))
+    r = correlation(frame["positive_in_category"], frame["negative_in_category"])
     points = scatter.scatter(frame["positive_in_category"], frame["negative_in_category"], c=frame["value"], s=10,
                              cmap="viridis", alpha=0.8)
     fig.colorbar(points, ax=scatter, label=f"{index} selectivity")
     scatter.set(xlabel=f"{category} images among top-{n} positive", ylabel=f"{category} images among top-{n} negative",
                 title=f"positive vs negative, r = {r:.2f}")
+    fig.suptitle(f"{layer}: {category} images among each unit's strongest positive and negative responses")
     return fig
 
 

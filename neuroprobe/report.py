@@ -5,10 +5,10 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import pandas as pd
 
 from .analysis import analyze
+from .analysis.opponent import correlation
 from .errors import NeuroprobeError
 
 log = logging.getLogger(__name__)
@@ -22,7 +22,7 @@ def summarize(tables: dict[str, pd.DataFrame], threshold: float) -> pd.DataFrame
     rows = []
     for layer, group in sel.groupby("layer", sort=False):
         opp = tables["opponent"][tables["opponent"]["layer"] == layer]
-        r = np.corrcoef(opp["positive_in_category"], opp["negative_in_category"])[0, 1] if len(opp) > 2 else np.nan
+        r = correlation(opp["positive_in_category"], opp["negative_in_category"])
         rows.append({"layer": layer, "units": len(group), "selective": int((group["value"] >= threshold).sum()),
                      "median_index": float(group["value"].median()), "max_index": float(group["value"].max()),
                      "significant_p05": int((group["p"] < 0.05).sum()), "r_positive_negative": float(r)})

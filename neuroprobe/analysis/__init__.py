@@ -5,9 +5,11 @@ single pass; :func:`selectivity`, :func:`top_images` and :func:`opponent` are th
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 
 from ..store import read_images
@@ -18,6 +20,7 @@ from .selectivity import SelectivityCollector
 from .topk import DEFAULT_CRITERIA, TopKCollector
 
 PARTS = ("selectivity", "topk", "opponent")
+log = logging.getLogger(__name__)
 
 
 def analyze(store: str | Path, category: str = "dog", *, layers: Sequence[str] | None = None, stat: str = "mean",
@@ -37,6 +40,9 @@ def analyze(store: str | Path, category: str = "dog", *, layers: Sequence[str] |
     images = read_images(store)
     needs_category = "selectivity" in parts or "opponent" in parts
     membership = category_membership(images, category, column, mapping) if needs_category else None
+    if "opponent" in parts and n >= np.isfinite(membership).sum():
+        log.warning("n=%d covers all %d labelled images: every unit's opponent counts are the same; use a smaller n",
+                    n, int(np.isfinite(membership).sum()))
     class_codes = class_labels(images, classes) if "selectivity" in parts and classes and classes in images else None
     frames: dict[str, list[pd.DataFrame]] = {part: [] for part in parts}
     for layer in layer_names(store, layers):

@@ -8,6 +8,14 @@ import pandas as pd
 from .topk import TopKCollector
 
 
+def correlation(a, b) -> float:
+    """Pearson r, NaN (quietly) when either side is constant or there are fewer than 3 units."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.size < 3 or a.std() == 0 or b.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])
+
+
 class OpponentCollector:
     """Top-N by ``max`` (positive) and bottom-N by ``min`` (negative) among labelled images."""
 
