@@ -21,7 +21,7 @@ rates). Ratios are only compared within one malloc setting of one run.
 
 Malloc settings (each runs in fresh worker processes, all contenders alike):
 
-* ``default``: glibc as it comes (MALLOC_* and NEUROPROBE_KEEP_MALLOC removed from the environment);
+* ``default``: glibc as it comes (MALLOC_* and NEUROPROBE_NO_MALLOPT removed from the environment);
 * ``kept``: ``MALLOC_MMAP_THRESHOLD_=4 GiB`` and ``MALLOC_TRIM_THRESHOLD_=64 GiB`` in the environment,
   so freed activation buffers stay in the heap instead of going back to the OS;
 * ``mallopt``: no variables, but ``neuroprobe.malloc.keep_freed_memory()`` (what the CLI calls at
@@ -71,7 +71,7 @@ EMBEDDED_DATA = REPO / "data" / "sample" / "labels.csv"
 TV_PYTHON = "/work/tv-env/bin/python"
 KEPT_ENV = {"MALLOC_MMAP_THRESHOLD_": str(4 << 30), "MALLOC_TRIM_THRESHOLD_": str(64 << 30)}
 MALLOC_VARS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_MAX_", "MALLOC_TOP_PAD_",
-               "MALLOC_ARENA_MAX", "NEUROPROBE_KEEP_MALLOC")
+               "MALLOC_ARENA_MAX", "NEUROPROBE_NO_MALLOPT")
 MALLOC_SETTINGS = ("kept", "mallopt", "default")
 MALLOC_LABELS = {
     "default": "default glibc",
@@ -399,6 +399,8 @@ def worker_env(setting: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in MALLOC_VARS}
     if setting == "kept":
         env |= KEPT_ENV
+    if setting != "mallopt":  # extract() would otherwise apply its mallopt to neuroprobe alone
+        env["NEUROPROBE_NO_MALLOPT"] = "1"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return env
 

@@ -26,6 +26,7 @@ from .capture import Capture, LayerInfo, probe
 from .data import MAX_PIXELS, ImageDataset, Manifest, read_manifest
 from .distributed import Distributed
 from .errors import NeuroprobeError
+from .malloc import keep_freed_memory
 from .models import LoadedModel, load_model
 from .reduce import STATS, pool_units
 from .store import Store, default_chunk_size
@@ -104,6 +105,8 @@ def extract(model: str | LoadedModel, data: str | Path | Manifest, layers: Seque
     loaded = model if isinstance(model, LoadedModel) else load_model(model, weights)
     dist = Distributed.from_environment()
     dev = resolve_device(device, dist.local_rank)
+    if dev.type == "cpu":
+        keep_freed_memory()
     module = loaded.module.to(dev).eval()
     if channels_last:
         module = module.to(memory_format=torch.channels_last)

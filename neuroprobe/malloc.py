@@ -2,7 +2,9 @@
 
 On Linux/glibc each forward pass mmaps and unmaps its large activation buffers, and the page
 faults that follow dominate CPU inference (measured: EfficientNet-Lite0 24 -> 85 img/s on 2
-cores). The CLI calls :func:`keep_freed_memory` at start-up; set NEUROPROBE_KEEP_MALLOC=1 to opt out.
+cores). The CLI calls :func:`keep_freed_memory` at start-up and :func:`neuroprobe.extract` before a
+CPU run; set NEUROPROBE_NO_MALLOPT=1 to opt out. The heap is trimmed only above 2 GiB (mallopt takes
+an int), so a CPU run whose freed buffers exceed that still returns the excess to the OS.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
 
 def keep_freed_memory() -> bool:
     """Serve large allocations from the heap and never trim it; True when applied."""
-    if not sys.platform.startswith("linux") or os.environ.get("NEUROPROBE_KEEP_MALLOC"):
+    if not sys.platform.startswith("linux") or os.environ.get("NEUROPROBE_NO_MALLOPT"):
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

@@ -106,7 +106,7 @@ def check_info(store, bad_rows, capsys, monkeypatch) -> None:
     status = zarr.open_array(str(store / "images" / "status"), mode="r")[:]
     assert [status[r] for r in finished] == ["error" if r in bad_rows else "ok" for r in finished]
 
-    monkeypatch.setenv("NEUROPROBE_KEEP_MALLOC", "1")  # leave this process's malloc alone
+    monkeypatch.setenv("NEUROPROBE_NO_MALLOPT", "1")  # leave this process's malloc alone
     capsys.readouterr()
     assert main(["info", str(store)]) == 0
     out = capsys.readouterr().out
