@@ -10,6 +10,7 @@ import torch
 
 INDEX_BITS = 31  # images per store: up to 2**31 - 1
 PADDING = torch.iinfo(torch.int64).min  # below every real key
+SPARSE_SHARE = 0.05  # above this share of passing values, a block goes through topk first
 
 
 def _sortable(values: torch.Tensor) -> torch.Tensor:
@@ -27,9 +28,10 @@ def _unsortable(ordered: torch.Tensor) -> torch.Tensor:
 class RunningTopK:
     """The ``k`` largest (or smallest) values per unit with their rows; ties go to the earlier row.
 
-    Per block, a float ``topk`` gives each unit's k-th value; only the elements at or above it (and
-    above the k-th value kept so far) become exact int64 keys, order-preserving float bits above the
-    reversed row index, so that the final ``topk`` over keys is exact and deterministic.
+    Once k are kept, a block's values are compared with the k-th kept value and only those strictly
+    better become keys; otherwise (first blocks, or many passing) a float ``topk`` over the block gives
+    each unit's k-th value first. Keys are order-preserving float bits above the reversed row index,
+    so the final ``topk`` over keys is exact and deterministic.
     """
 
     def __init__(self, k: int, largest: bool = True) -> None:
@@ -38,19 +40,35 @@ class RunningTopK:
         self.kth: torch.Tensor | None = None    # value of the k-th key, once k are kept
 
     def add(self, values: np.ndarray, rows: np.ndarray) -> None:
-        v = torch.from_numpy(values)
-        v = torch.nan_to_num(v if self.largest else -v, nan=-float("inf"))
-        threshold = torch.topk(v, min(self.k, v.shape[0]), dim=0).values[-1]
+        v = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
+        rows_t = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64))
+        if self.kth is not None:
+            # k are held: a value enters only if strictly better than the k-th (an equal one comes from a
+            # later row and loses the tie). Usually few pass, and no topk over the block is needed.
+            passing = v > self.kth if self.largest else v < -self.kth
+            if int(passing.sum()) <= SPARSE_SHARE * passing.numel():
+                row, unit = passing.nonzero(as_tuple=True)
+                chosen = v[row, unit]
+                self._merge(row, unit, chosen if self.largest else -chosen, rows_t, v.shape[1])
+                return
+        signed = torch.nan_to_num(v if self.largest else -v, nan=-float("inf"))
+        threshold = torch.topk(signed, min(self.k, v.shape[0]), dim=0).values[-1]
         if self.kth is not None:
             threshold = torch.maximum(threshold, self.kth)
-        row, unit = (v >= threshold).nonzero(as_tuple=True)          # row-major: earlier rows first
-        order = torch.argsort(unit, stable=True)
-        row, unit = row[order], unit[order]
-        counts = torch.bincount(unit, minlength=v.shape[1])
+        row, unit = (signed >= threshold).nonzero(as_tuple=True)
+        self._merge(row, unit, signed[row, unit], rows_t, v.shape[1])
+
+    def _merge(self, row: torch.Tensor, unit: torch.Tensor, signed: torch.Tensor, rows: torch.Tensor,
+               units: int) -> None:
+        """Merge candidates (block row, unit, signed value) into the kept keys."""
+        if row.numel() == 0 and self.keys is not None:
+            return
+        order = torch.argsort(unit, stable=True)                       # by unit, earlier rows first
+        row, unit, signed = row[order], unit[order], signed[order]
+        counts = torch.bincount(unit, minlength=units)
         position = torch.arange(unit.numel()) - (torch.cumsum(counts, 0) - counts)[unit]
-        block = torch.full((int(counts.max()), v.shape[1]), PADDING, dtype=torch.int64)
-        rows_t = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64))
-        block[position, unit] = (_sortable(v[row, unit]) << INDEX_BITS) | ((1 << INDEX_BITS) - 1 - rows_t[row])
+        block = torch.full((max(int(counts.max()) if unit.numel() else 1, 1), units), PADDING, dtype=torch.int64)
+        block[position, unit] = (_sortable(signed) << INDEX_BITS) | ((1 << INDEX_BITS) - 1 - rows[row])
         keys = block if self.keys is None else torch.cat([self.keys, block])
         self.keys = torch.topk(keys, min(self.k, keys.shape[0]), dim=0).values
         if self.keys.shape[0] == self.k and bool((self.keys[-1] != PADDING).all()):
