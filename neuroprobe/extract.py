@@ -99,6 +99,10 @@ def extract(model: str | LoadedModel, data: str | Path | Manifest, layers: Seque
     amp = None if amp == "none" else amp
     if batch_size < 1:
         raise NeuroprobeError("--batch-size must be at least 1")
+    spatial = list(dict.fromkeys(spatial))
+    unknown = [s for s in spatial if s not in layers]
+    if unknown:
+        raise NeuroprobeError(f"--spatial {' '.join(unknown)} must also be among --layers")
     out = Path(out)
     _check_writable(out)
     manifest = data if isinstance(data, Manifest) else read_manifest(data)  # cheap mistakes first
@@ -110,11 +114,6 @@ def extract(model: str | LoadedModel, data: str | Path | Manifest, layers: Seque
     module = loaded.module.to(dev).eval()
     if channels_last:
         module = module.to(memory_format=torch.channels_last)
-
-    spatial = list(dict.fromkeys(spatial))
-    unknown = [s for s in spatial if s not in layers]
-    if unknown:
-        raise NeuroprobeError(f"--spatial {' '.join(unknown)} must also be among --layers")
     crop = loaded.preprocessing.crop
     example = torch.zeros(1, 3, crop, crop, device=dev)
     infos = probe(module, layers, example, post_activation)
