@@ -1,0 +1,76 @@
+"""Theoretical receptive fields: published values, and the support of the input gradient."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torchvision.models import get_model
+
+from neuroprobe.maps.receptive_field import theoretical_receptive_fields
+
+
+@pytest.mark.parametrize("name,layer,size", [
+    ("alexnet", "features.10", 163),   # conv5
+    ("vgg16", "features.29", 196),     # conv5_3
+    ("vgg16", "features.30", 212),     # pool5
+    ("resnet18", "layer4", 435),       # through residual branches
+])
+def test_published_values(name, layer, size):
+    table = theoretical_receptive_fields(get_model(name), [layer])
+    assert table.loc[0, "size_y"] == table.loc[0, "size_x"] == size
+
+
+def linearized(model: nn.Module) -> nn.Module:
+    """Same geometry, no gating: activations removed and max pools averaged, so that every input pixel
+    of the receptive field reaches the unit (random weights make exact cancellation improbable)."""
+    clone = copy.deepcopy(model).eval()
+    for parent in clone.modules():
+        for child_name, child in parent.named_children():
+            if isinstance(child, (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.SiLU)):
+                setattr(parent, child_name, nn.Identity())
+            elif isinstance(child, nn.MaxPool2d):
+                setattr(parent, child_name, nn.AvgPool2d(child.kernel_size, child.stride, child.padding,
+                                                         ceil_mode=child.ceil_mode))
+    return clone
+
+
+def gradient_support(model: nn.Module, layer: str, size: int) -> tuple[tuple[int, int], tuple[int, int], tuple]:
+    """Rows and columns of the input that the central unit of ``layer`` depends on."""
+    out = {}
+    module = dict(model.named_modules())[layer]
+    hook = module.register_forward_hook(lambda _m, _a, o: out.__setitem__("v", o))
+    x = torch.zeros(1, 3, size, size, requires_grad=True)
+    try:
+        model(x)
+    finally:
+        hook.remove()
+    value = out["v"]
+    py, px = value.shape[-2] // 2, value.shape[-1] // 2
+    value[0, 0, py, px].backward()
+    support = x.grad.abs().sum(dim=(0, 1)) > 0
+    rows, cols = np.flatnonzero(support.any(1).numpy()), np.flatnonzero(support.any(0).numpy())
+    return (rows.min(), rows.max()), (cols.min(), cols.max()), (py, px)
+
+
+@pytest.mark.parametrize("name,layer,size", [
+    ("alexnet", "features.10", 224), ("resnet18", "layer4", 512), ("resnet18", "layer2.0", 224),
+    ("efficientnet_lite0", "blocks.3", 224),
+])
+def test_equals_input_gradient_support(name, layer, size):
+    torch.manual_seed(0)
+    if name == "efficientnet_lite0":
+        from neuroprobe import load_model
+
+        model = load_model(name).module
+    else:
+        model = get_model(name)
+    flat = linearized(model)
+    (top, bottom), (left, right), (py, px) = gradient_support(flat, layer, size)
+    field = theoretical_receptive_fields(model, [layer], input_size=size).iloc[0]
+    for low, high, p, axis in ((top, bottom, py, "y"), (left, right, px, "x")):
+        center, half = field[f"center_{axis}"] + p * field[f"jump_{axis}"], (field[f"size_{axis}"] - 1) / 2
+        assert 0 <= center - half and center + half <= size - 1, "pick a unit whose field lies inside the image"
+        assert (low, high) == (center - half, center + half), axis
