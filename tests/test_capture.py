@@ -10,7 +10,13 @@ import references as ref
 from neuroprobe.capture import Capture, probe
 from neuroprobe.errors import NeuroprobeError
 
-torch.set_grad_enabled(False)
+
+
+@pytest.fixture(autouse=True)
+def _no_grad():
+    """Every test here runs without autograd (and leaves it as it found it)."""
+    with torch.no_grad():
+        yield
 
 
 def captured(model, layers, x, post=False):

@@ -13,7 +13,13 @@ from conftest import reference_batch
 from neuroprobe import extract, load_model, open_layer, read_images, summary
 from neuroprobe.models import sha256_of
 
-torch.set_grad_enabled(False)
+
+
+@pytest.fixture(autouse=True)
+def _no_grad():
+    """Every test here runs without autograd (and leaves it as it found it)."""
+    with torch.no_grad():
+        yield
 STATS = ("min", "mean", "max", "area")
 
 

@@ -44,7 +44,8 @@ def gradient_support(model: nn.Module, layer: str, size: int) -> tuple[tuple[int
     hook = module.register_forward_hook(lambda _m, _a, o: out.__setitem__("v", o))
     x = torch.zeros(1, 3, size, size, requires_grad=True)
     try:
-        model(x)
+        with torch.enable_grad():
+            model(x)
     finally:
         hook.remove()
     value = out["v"]
