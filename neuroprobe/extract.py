@@ -9,6 +9,7 @@ process takes every N-th pending chunk.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -70,6 +71,11 @@ def resume_identity(attrs: dict[str, Any]) -> dict[str, Any]:
     keys = ("preprocessing", "capture", "amp", "manifest_sha256", "layers", "spatial_layers", "chunk_size")
     identity = {k: provenance.get(k) for k in ("model", "weights", "weights_sha256")} | {k: attrs.get(k) for k in keys}
     return json.loads(json.dumps(identity))
+
+
+def _autocast(dev: torch.device, amp: str | None):
+    """Autocast to the --amp dtype on ``dev``, or nothing."""
+    return torch.autocast(dev.type, dtype=AMP_DTYPES[amp]) if amp in AMP_DTYPES else contextlib.nullcontext()
 
 
 def resolve_device(device: str | None, local_rank: int = 0) -> torch.device:
@@ -202,7 +208,7 @@ def _run(store: Store, plan: ExtractionPlan, module: torch.nn.Module, dev: torch
 
     meter = _Progress(images_todo, progress, dist)
     current: ChunkBuffer | None = None
-    autocast = torch.autocast(dev.type, dtype=AMP_DTYPES[plan.amp]) if plan.amp else _nullcontext()
+    autocast = _autocast(dev, plan.amp)
     try:
         with torch.no_grad(), Capture(module, list(plan.layers), on_value, plan.post_activation,
                                       plan=plan.layers) as capture:
@@ -230,14 +236,6 @@ def _run(store: Store, plan: ExtractionPlan, module: torch.nn.Module, dev: torch
         raise
     finally:
         meter.close()
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 class _Progress:
@@ -281,7 +279,7 @@ def pool_images(model: LoadedModel, manifest: Manifest, layers: Sequence[str], *
     out = {name: np.full((len(manifest), len(STATS), info.units), np.nan, dtype=np.float32)
            for name, info in plan.items()}
     loader = torch.utils.data.DataLoader(ImageDataset(manifest, model.preprocessing), batch_size=batch_size)
-    autocast = torch.autocast(dev.type, dtype=AMP_DTYPES[amp]) if amp in AMP_DTYPES else _nullcontext()
+    autocast = _autocast(dev, amp)
     batch: dict[str, torch.Tensor] = {}
     with torch.no_grad(), Capture(module, list(plan), lambda n, v: batch.__setitem__(n, pool_units(v)),
                                   post_activation, plan=plan) as capture:
