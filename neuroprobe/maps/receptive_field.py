@@ -137,7 +137,8 @@ def _tensors(args, kwargs):
             yield from (v for v in value if isinstance(v, torch.Tensor))
 
 
-def theoretical_receptive_fields(model: nn.Module, layers: Sequence[str], input_size: int = 224) -> pd.DataFrame:
+def theoretical_receptive_fields(model: nn.Module, layers: Sequence[str],
+                                 input_size: int | tuple[int, int] = 224) -> pd.DataFrame:
     """Per layer: receptive field size, jump (stride) and the centre of position (0, 0), in input pixels.
 
     The field of the layer's output equals that of its pre-activation (activations are elementwise).
@@ -148,7 +149,9 @@ def theoretical_receptive_fields(model: nn.Module, layers: Sequence[str], input_
         if layer not in modules or not layer:
             raise NeuroprobeError(f"unknown layer '{layer}'; closest: {closest(layer, [n for n in modules if n])}")
     found: dict[str, tuple[Field, Field]] = {}
-    image = torch.zeros(1, 3, input_size, input_size)
+    height, width = (input_size, input_size) if isinstance(input_size, int) else input_size
+    parameter = next(model.parameters(), None)
+    image = torch.zeros(1, 3, int(height), int(width), device=parameter.device if parameter is not None else None)
     tracker = _Tracker(image)
     hooks = [modules[name].register_forward_hook(
         lambda _m, _a, out, name=name: found.__setitem__(name, tracker.get(out))) for name in layers]
