@@ -23,20 +23,21 @@ as uint8. Occluder: ``--window`` 11 px, ``--stride`` 3 px, ``--fill`` zero (blac
   at the unit's peak position on the unoccluded image, ``baselines`` = the normalised fill (black
   for ``zero``), ``sliding_window_shapes=(3, window, window)``, ``strides=(3, stride, stride)``.
   ``perturbations_per_eval`` is picked among ``--captum-ppe`` (16 64 256) on a trial with a 4x
-  coarser stride, then ``--captum-units`` units (default 1) are timed with the full stride and
+  coarser stride (at most the window: Captum refuses a stride larger than its window), then ``--captum-units`` units (default 1) are timed with the full stride and
   the time for all 256 units is EXTRAPOLATED as 256 x the mean time per unit. Speed-up = Captum's
   256-unit time / neuroprobe's. Goal: >= 100x. Captum's map of each timed unit is compared with
   neuroprobe's ``pixel_view()`` of the timed neuroprobe run (max |diff| / max |Captum|); at 224 px
   with stride 3 the occluders tile the image exactly (213 = 71 x 3).
 
-Every contender is warmed up once right before it is timed, on a small subset (a coarser stride, or
-one batch for the floor). Times are wall-clock (``time.perf_counter``, with
+Every contender is warmed up once right before it is timed, on a small subset (a coarser stride; one
+batch for the floor; the image's top-left corner for Captum). Times are wall-clock (``time.perf_counter``, with
 ``torch.cuda.synchronize`` around each timed region on CUDA); the process CPU time is shown beside
 them (CPU s / wall s well below the thread count means other processes took the cores). On CPU,
 ``neuroprobe.malloc.keep_freed_memory()`` (what the CLI calls at start-up) is called first, so all
 contenders run under the same glibc malloc setting (NEUROPROBE_NO_MALLOPT=1 to measure without).
 
-Examples (the full run is about six sweeps of 5184 copies; see results_occlusion.md)::
+Examples (the full run is about seven sweeps' worth of 224 px forward passes, ~15-20 min at 1 thread on
+an idle core of the 2-core dev machine; ``--quick`` takes ~15 s)::
 
     .venv/bin/python benchmarks/occlusion.py --quick                 # 65 px image: checks the script, < 1 min
     .venv/bin/python benchmarks/occlusion.py --out benchmarks/results_occlusion.md
@@ -64,6 +65,7 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data" / "imagenet-sample" / "labels.csv"
 EMBEDDED_DATA = REPO / "data" / "sample" / "labels.csv"
 STEM = ("conv1", "bn1", "relu", "maxpool")
+STAGES = ("layer1", "layer2", "layer3", "layer4")            # the ResNet stages the hand-written references cover
 
 
 # -- setup ----------------------------------------------------------------------------------------------
@@ -246,9 +248,10 @@ def run_captum(loaded, image, layer: str, units: list[int], args, device) -> dic
 
     normalize, pixels = normalizer(loaded, device), image.to(device).float() / 255
     inputs, baseline = normalize(pixels), normalize(fill_images(pixels, args.fill, args.window))
-    trial_stride = coarse(args.size, args.window, args.stride)
-    captum_unit(loaded, inputs, baseline, layer, units[0], coarse(args.size, args.window, args.stride, 16),
-                min(args.captum_ppe), args)                                                       # warm-up
+    trial_stride = min(coarse(args.size, args.window, args.stride), args.window)   # Captum: stride <= window
+    corner = slice(0, min(args.size, 4 * args.window))
+    captum_unit(loaded, inputs[..., corner, corner], baseline[..., corner, corner], layer, units[0], args.window,
+                min(args.captum_ppe), args)                                      # warm-up on the top-left corner
     trials = {}
     for ppe in args.captum_ppe:
         with Clock(device) as clock:
@@ -343,7 +346,7 @@ def format_table(rows: list[dict], markdown: bool) -> str:
         return "" if value is None else format(value, spec)
 
     body = [[r["contender"], r["layer"], str(r["units"]), str(r["copies"]), fmt(r["batch"], "d"),
-             fmt(r["seconds"], ".2f"), fmt(r["cpu"], ".1f"), fmt(r["rate"], ".1f"), fmt(r["x_floor"], ".2f"),
+             fmt(r["seconds"], ".2f"), fmt(r["cpu"], ".2f"), fmt(r["rate"], ".1f"), fmt(r["x_floor"], ".2f"),
              "" if r["speedup"] is None else f"{r['speedup']:.0f}x", r["note"]] for r in rows]
     if markdown:
         return "\n".join("| " + " | ".join(line) + " |" for line in [head, ["---"] * len(head), *body])
@@ -354,13 +357,14 @@ def format_table(rows: list[dict], markdown: bool) -> str:
 def summary_lines(args, info: dict, results: dict, checks: list[dict], malloc: str) -> list[str]:
     image = results["image"]
     lines = [f"command: {' '.join([sys.executable, *sys.argv])}",
-             f"machine: {info['cpu']}, {info['cores']} cores; {info.get('gpu', 'no GPU used')}; device {info['device']}; "
-             f"torch threads {info['threads']}; load average at start {info['load_start']}, at end {info['load_end']}",
-             f"python {info['python']}, torch {info['torch']}, torchvision {info['torchvision']}, "
-             f"captum {info['captum']}; malloc: {malloc}",
-             f"model: torchvision resnet18, torch.manual_seed(0) random weights, eval; image {image} -> "
-             f"{args.size}x{args.size}, ImageNet mean/std; window {args.window}, stride {args.stride}, fill "
-             f"'{args.fill}', response 'peak' (pre-activation)"]
+             (f"machine: {info['cpu']}, {info['cores']} cores; {info.get('gpu', 'no GPU used')}; "
+              f"device {info['device']}; torch threads {info['threads']}; load average at start "
+              f"{info['load_start']}, at end {info['load_end']}"),
+             (f"python {info['python']}, torch {info['torch']}, torchvision {info['torchvision']}, "
+              f"captum {info['captum']}; malloc: {malloc}"),
+             (f"model: torchvision resnet18, torch.manual_seed(0) random weights, eval; image {image} -> "
+              f"{args.size}x{args.size}, ImageNet mean/std; window {args.window}, stride {args.stride}, fill "
+              f"'{args.fill}', response 'peak' (pre-activation)")]
     for c in checks:
         lines.append(f"agreement, unit {c['unit']} of {results['layer']}: max |pixel_view - Captum| / max |Captum| = "
                      f"{c['max_rel_diff']:.2e} (abs {c['max_abs_diff']:.2e}, scale {c['scale']:.3g}; peak "
@@ -395,15 +399,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
                    help="tiny configuration to check the script: 65 px image (stride 3 -> 19x19 copies), "
-                        "1 s coarse-stride trials (< 1 min)")
+                        "~15 s)")
     p.add_argument("--size", type=int, default=None, help="image side in px (default 224; 65 with --quick)")
     p.add_argument("--window", type=int, default=11, help="occluder side in px (default %(default)s)")
     p.add_argument("--stride", type=int, default=3, help="occluder stride in px (default %(default)s)")
     p.add_argument("--fill", default="zero", choices=("zero", "mean", "noise"),
                    help="occluder fill for every contender (Captum's baseline = the same, normalised; "
                         "default %(default)s)")
-    p.add_argument("--layer", default="layer3", help="layer of the main comparison (default %(default)s)")
-    p.add_argument("--rf-layers", nargs="*", default=None,
+    p.add_argument("--layer", default="layer3", choices=STAGES, help="layer of the main comparison (default %(default)s)")
+    p.add_argument("--rf-layers", nargs="*", default=None, choices=STAGES,
                    help="layers of the rf_only rows, each with its own floor (default: layer3 layer2)")
     p.add_argument("--rf-unit", type=int, default=0, help="the unit of the single-unit rf_only rows (default 0)")
     p.add_argument("--batch-size", type=int, default=None,
@@ -503,6 +507,9 @@ def main(argv: list[str] | None = None) -> None:
         goal.append(f"Captum ({units[args.layer]} units, extrapolated) / neuroprobe = {rows[0]['speedup']:.0f}x "
                     "(goal >= 100x)")
     lines.append("; ".join(goal))
+    cpu_ratio = results["neuroprobe"]["cpu"] / results["floor"][args.layer]["cpu"]
+    lines.append(f"by process CPU time instead of wall time: neuroprobe / floor = {cpu_ratio:.2f} (wall time well above "
+                 "CPU time x threads means the process waited for a core: other load on the machine)")
     print("\n" + format_table(rows, markdown=False) + "\n\n" + "\n".join(lines), flush=True)
     if args.out:
         write_out(args.out, args, info, rows, lines, checks, results)

@@ -16,6 +16,10 @@ EXAMPLES = """examples:
   python -m neuroprobe report  runs/sample.zarr --category dog --n 10 --out runs/sample-report
   python -m neuroprobe info    runs/sample.zarr
   python -m neuroprobe export  runs/sample.zarr runs/sample.h5
+  python -m neuroprobe occlude --layer blocks.3 --units 0 1 2 --data data/sample/labels.csv \
+         --stride 8 --out runs/occlusion.zarr
+  python -m neuroprobe rf      runs/sample.zarr --layers blocks.3 bn2 --units 0 1 2 --k 5 --stride 8 \
+         --out runs/rf
 """
 
 MODEL_HELP = ("efficientnet_lite0 (offline pretrained ImageNet model), a torchvision classification model "
@@ -28,6 +32,23 @@ WEIGHTS_HELP = ("weights name of that library (e.g. IMAGENET1K_V1; fetched by it
 def _model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="efficientnet_lite0", help=MODEL_HELP + " (default: %(default)s)")
     parser.add_argument("--weights", default=None, help=WEIGHTS_HELP)
+
+
+def _occluder_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--units", nargs="+", type=int, default=None, metavar="UNIT",
+                        help="unit (channel) indices (default: all units of the layer; each image costs one "
+                             "sweep whatever the number of units)")
+    parser.add_argument("--window", type=int, default=11, help="occluder size in pixels (default: %(default)s)")
+    parser.add_argument("--stride", type=int, default=3, help="occluder step in pixels; the sweep costs "
+                        "((size - window) / stride + 1)^2 forward passes per image (default: %(default)s)")
+    parser.add_argument("--fill", choices=["noise", "mean", "zero", "blur"], default="noise",
+                        help="what the patch shows: seeded uniform noise, the image mean, black, or a blurred "
+                             "copy (default: %(default)s)")
+    parser.add_argument("--rf-only", action="store_true",
+                        help="only run occluders that overlap the units' theoretical receptive fields")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="occluded copies per forward pass (default: from the memory budget)")
+    parser.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when present)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,6 +116,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=50, help="strongest responses per side for the opponent counts "
                                                      "(default: %(default)s)")
     p.add_argument("--out", required=True, help="folder for the CSV tables and PNG figures")
+
+    p = sub.add_parser("occlude", help="occlusion discrepancy maps of a layer's units for every image",
+                       description="Slide a patch over each image and record, for every requested unit of the "
+                                   "layer at once, original minus occluded pre-activation (at the position where "
+                                   "the unit peaks on the original image, or pooled). Writes a Zarr store with "
+                                   "'discrepancy' (image, unit, y, x) over occluder positions; the geometry is in "
+                                   "its attributes. Run the same command again to resume.")
+    _model_args(p)
+    p.add_argument("--layer", required=True, help="layer name as listed by 'python -m neuroprobe layers'")
+    p.add_argument("--data", required=True, help="folder of images or CSV with a 'path' column (as for extract)")
+    _occluder_args(p)
+    p.add_argument("--response", choices=["peak", "max", "mean"], default="peak",
+                   help="unit response: at its peak position on the original image (Zhou et al.), or pooled "
+                        "(default: %(default)s)")
+    p.add_argument("--absolute", action="store_true", help="store |original - occluded|")
+    p.add_argument("--out", required=True, help="store to write, e.g. occlusion.zarr")
+    p.add_argument("--overwrite", action="store_true", help="replace a store made with other settings")
+
+    p = sub.add_parser("rf", help="empirical vs theoretical receptive fields from a store's top images",
+                       description="For each unit: occlusion discrepancy maps of its top-K images (by spatial "
+                                   "max, from the store), re-centred on the unit's position and averaged; the "
+                                   "empirical RF is the connected region >= THRESHOLD x the maximum (size = "
+                                   "sqrt of its area). Writes rf.csv, top_images.csv and PNG figures.")
+    p.add_argument("store", help="a store made by 'extract' (the model is reloaded from its provenance)")
+    p.add_argument("--layers", "--layer", nargs="+", required=True, metavar="LAYER", help="stored layer(s)")
+    p.add_argument("--k", type=int, default=10, help="top images per unit (default: %(default)s)")
+    p.add_argument("--threshold", type=float, default=0.5,
+                   help="RF = connected region >= this fraction of the averaged map's maximum (default: %(default)s)")
+    _occluder_args(p)
+    p.add_argument("--out", required=True, help="folder for rf.csv and the figures")
 
     p = sub.add_parser("info", help="what a store holds and how complete it is")
     p.add_argument("store")
@@ -190,6 +241,38 @@ def _report(args) -> int:
     return 0
 
 
+def _occlude(args) -> int:
+    from .maps.occlusion_store import occlude
+
+    out = occlude(args.model, args.data, args.layer, args.out, weights=args.weights, units=args.units,
+                  window=args.window, stride=args.stride, fill=args.fill, response=args.response,
+                  absolute=args.absolute, rf_only=args.rf_only, device=args.device, overwrite=args.overwrite,
+                  batch_size=args.batch_size)
+    import zarr
+
+    group = zarr.open_group(str(out), mode="r")
+    print(f"store    {out.resolve()}")
+    print(f"maps     discrepancy {'x'.join(map(str, group['discrepancy'].shape))} (image, unit, y, x); "
+          f"{int(group['done'][:].sum())} images done")
+    return 0
+
+
+def _rf(args) -> int:
+    from .maps.receptive_fields_report import rf_report
+
+    table = rf_report(args.store, args.layers, args.out, k=args.k, units=args.units, threshold=args.threshold,
+                      window=args.window, stride=args.stride, fill=args.fill, rf_only=args.rf_only,
+                      device=args.device, batch_size=args.batch_size)
+    summary = table.groupby("layer", sort=False).agg(units=("unit", "size"), theoretical=("theoretical_rf_px", "first"),
+                                                     empirical=("empirical_rf_px", "median"), ratio=("ratio", "median"))
+    print("receptive fields (px; empirical = median over units):")
+    for row in summary.reset_index().itertuples():
+        print(f"  {row.layer:<24} {row.units:>4} units  theoretical {row.theoretical:6.0f}  empirical {row.empirical:6.1f}"
+              f"  ratio {row.ratio:.2f}")
+    print(f"table and figures in {Path(args.out).resolve()}")
+    return 0
+
+
 def _info(args) -> int:
     _print_info(args.store)
     return 0
@@ -202,4 +285,5 @@ def _export(args) -> int:
     return 0
 
 
-COMMANDS = {"layers": _layers, "extract": _extract, "report": _report, "info": _info, "export": _export}
+COMMANDS = {"layers": _layers, "extract": _extract, "report": _report, "occlude": _occlude, "rf": _rf,
+            "info": _info, "export": _export}

@@ -21,6 +21,7 @@ from ..errors import NeuroprobeError
 
 log = logging.getLogger(__name__)
 RTOL = 1e-9  # energy comparisons forgive this share of the total, to absorb float rounding
+PAIRS_PER_CHUNK = 2048  # (top, bottom) row pairs searched at once: bounds memory to ~2048 x W floats
 
 
 def _as_numpy(maps) -> np.ndarray:
@@ -50,27 +51,29 @@ def _energy_box_one(energy: np.ndarray, fraction: float) -> np.ndarray:
     if total <= 0:
         log.warning("a map has no positive energy; its energy box is the whole map")
         return full_box(height, width)
-    target = fraction * total - RTOL * total
-    rows = torch.from_numpy(np.concatenate([np.zeros((1, width)), np.cumsum(energy, axis=0)]))
-    lefts = torch.arange(width)
-    best_area, candidates = np.inf, []  # (top, bottom rows, left columns, right columns, energies)
-    for top in range(height):
-        # prefix[b, j]: energy of rows top..top+b, columns 0..j-1 (non-decreasing along j)
-        strips = (rows[top + 1:] - rows[top]).clamp_min(0)
-        prefix = torch.nn.functional.pad(torch.cumsum(strips, dim=1), (1, 0))
-        # for each (bottom, left): the first j with prefix[j] - prefix[left] >= target -> right = j - 1
-        ends = torch.searchsorted(prefix, (prefix[:, :width] + target).contiguous())
-        heights = torch.arange(1, height - top + 1)[:, None]
-        area = torch.where(ends <= width, (ends - lefts) * heights, torch.iinfo(torch.int64).max)
-        smallest = int(area.min())
-        if smallest > best_area or smallest == torch.iinfo(torch.int64).max:
+    target = max(fraction - RTOL, RTOL) * total  # > 0, so every box found has at least one column
+    rows = np.concatenate([np.zeros((1, width)), np.cumsum(energy, axis=0)])  # rows[i]: energy of rows < i
+    tops, bottoms = np.triu_indices(height)
+    row_totals = rows.sum(axis=1)
+    feasible = row_totals[bottoms + 1] - row_totals[tops] >= target - RTOL * total
+    tops, bottoms = tops[feasible], bottoms[feasible]  # row pairs whose full-width strip could suffice
+    best_area, candidates = np.inf, []  # (top, bottom, left, right, energy) arrays at the best area
+    for chunk in range(0, len(tops), PAIRS_PER_CHUNK):
+        t, b = tops[chunk:chunk + PAIRS_PER_CHUNK], bottoms[chunk:chunk + PAIRS_PER_CHUNK]
+        # prefix[k, j]: energy of rows t[k]..b[k], columns 0..j-1 (non-decreasing along j)
+        strips = np.clip(rows[b + 1] - rows[t], 0, None)
+        prefix = np.concatenate([np.zeros((len(t), 1)), np.cumsum(strips, axis=1)], axis=1)
+        # for each (pair, left): the first j with prefix[j] >= prefix[left] + target -> right = j - 1
+        ends = torch.searchsorted(torch.from_numpy(prefix), torch.from_numpy(prefix[:, :width] + target)).numpy()
+        area = np.where(ends <= width, (ends - np.arange(width)) * (b - t + 1)[:, None], np.iinfo(np.int64).max)
+        smallest = area.min()
+        if smallest > best_area or smallest == np.iinfo(np.int64).max:
             continue
         if smallest < best_area:
             best_area, candidates = smallest, []
-        b, left = torch.nonzero(area == smallest, as_tuple=True)
-        right = ends[b, left]
-        candidates.append((np.full(len(b), top), (top + b).numpy(), left.numpy(), (right - 1).numpy(),
-                           (prefix[b, right] - prefix[b, left]).numpy()))
+        k, left = np.nonzero(area == smallest)
+        right = ends[k, left]
+        candidates.append((t[k], b[k], left, right - 1, prefix[k, right] - prefix[k, left]))
     y0, y1, x0, x1, kept = (np.concatenate(part) for part in zip(*candidates))
     pick = np.lexsort((y1, x0, y0, -kept))[0]  # most energy, then top-most, then left-most
     return np.array([x0[pick], y0[pick], x1[pick], y1[pick]], dtype=np.int64)
@@ -106,7 +109,7 @@ def _component_boxes(mask: np.ndarray, connectivity: int) -> np.ndarray:
 
 
 def threshold_boxes(maps, threshold: float = 0.2, largest_only: bool = False, connectivity: int = 8,
-                    normalize: bool = False):
+                    normalize: bool = False) -> np.ndarray | list[np.ndarray]:
     """One box per object: pixels strictly above ``threshold`` x the map's maximum, per connected component.
 
     ``normalize=True`` first min-max scales the map to [0, 1] (as Choe et al. 2020's wsolevaluation
@@ -148,7 +151,8 @@ def cam_box(maps) -> np.ndarray:
 
 def _as_boxes(boxes) -> np.ndarray:
     """Boxes as an int64 (N, 4) array, checked."""
-    array = _as_numpy(boxes).reshape(-1, 4) if np.size(_as_numpy(boxes)) else np.zeros((0, 4))
+    array = _as_numpy(boxes)
+    array = array.reshape(-1, 4) if array.size else np.zeros((0, 4))
     if np.any(array[:, 2] < array[:, 0]) or np.any(array[:, 3] < array[:, 1]):
         raise NeuroprobeError("a box has x1 < x0 or y1 < y0; boxes are inclusive (x0, y0, x1, y1)")
     return array.astype(np.int64)

@@ -139,7 +139,9 @@ def discrepancy_maps(model: LoadedModel | nn.Module, images: torch.Tensor, layer
     is given, and each forward pass stops at ``layer``. ``rf_only`` evaluates only the occluders that
     intersect the theoretical receptive field of some unit's peak position, and sets a unit's
     discrepancy to 0 for occluders outside its own field (exact for networks without global ops
-    before ``layer``, such as squeeze-excitation).
+    before ``layer``, such as squeeze-excitation). The result holds (B, units, positions) floats: pass
+    a few images per call (:func:`neuroprobe.maps.occlusion_store.occlude` passes one). The module
+    is moved to ``device`` and put in eval mode.
     """
     if fill not in FILLS:
         raise NeuroprobeError(f"unknown fill '{fill}'; choose from {', '.join(FILLS)}")
@@ -149,6 +151,8 @@ def discrepancy_maps(model: LoadedModel | nn.Module, images: torch.Tensor, layer
         raise NeuroprobeError("rf_only needs response='peak' (a pooled response has no single position)")
     if images.ndim != 4:
         raise NeuroprobeError(f"images must be a (batch, channels, height, width) tensor, not shape {tuple(images.shape)}")
+    if stride > window:
+        log.warning("stride %d > window %d: the occluders leave pixels uncovered (NaN in the pixel view)", stride, window)
     dev = resolve_device(device)
     module, pixels, normalize, value_range = _inputs(model, images, dev)
     module = module.to(dev).eval()
@@ -281,4 +285,5 @@ def _bytes_per_copy(module: nn.Module, layer: str, example: torch.Tensor, plan) 
     with Largest(), Capture(module, [layer], captured.__setitem__, plan=plan) as capture:
         capture.run(example)
     value = captured[layer]
-    return Largest.peak + 2 * example.numel() * example.element_size() + value.numel() * value.element_size()
+    # x1.5 for the sweep's own temporaries (indexed copies, mask, the clone before an in-place activation)
+    return int(1.5 * Largest.peak) + 2 * example.numel() * example.element_size() + value.numel() * value.element_size()

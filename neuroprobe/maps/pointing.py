@@ -130,20 +130,21 @@ def pointing_game(attribution, target_mask, tolerance: float = 15, ties: str = "
     Distance is Euclidean from the maximum's pixel to the nearest target pixel (a hit at distance
     <= tolerance). Ties in the maximum: ``"all"`` (default) needs every tied pixel within tolerance,
     so a flat map cannot hit by luck; ``"any"`` needs one; ``"first"`` uses the first in raster
-    order (numpy's argmax, as TorchRay). An empty target scores NaN (excluded, never a hit).
+    order (numpy's argmax, as TorchRay). An empty target (or an all-NaN map) scores NaN: excluded,
+    never a hit.
     """
     if ties not in TIES:
         raise NeuroprobeError(f"ties must be one of {', '.join(TIES)}, got {ties!r}")
     array, target = _targets(attribution, target_mask)
     scores = np.full(len(array), np.nan)
     for i, (m, t) in enumerate(zip(array, target)):
-        if not t.any():
+        if not t.any() or np.isnan(m).all():
             continue
         near = ndimage.distance_transform_edt(~t) <= tolerance
-        peaks = m == m.max()
+        peaks = m == np.nanmax(m)  # NaN pixels are never the maximum
         if ties == "first":
             peaks = np.zeros_like(peaks)
-            peaks.flat[np.argmax(m)] = True
+            peaks.flat[np.nanargmax(m)] = True
         hit = near[peaks].all() if ties == "all" else near[peaks].any()
         scores[i] = float(hit)
     return _count_excluded(scores, "empty target region")

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from ..capture import StopForward
 from ..errors import NeuroprobeError, closest
 
 
@@ -153,11 +154,17 @@ def theoretical_receptive_fields(model: nn.Module, layers: Sequence[str],
     parameter = next(model.parameters(), None)
     image = torch.zeros(1, 3, int(height), int(width), device=parameter.device if parameter is not None else None)
     tracker = _Tracker(image)
-    hooks = [modules[name].register_forward_hook(
-        lambda _m, _a, out, name=name: found.__setitem__(name, tracker.get(out))) for name in layers]
+    def record(name: str, out) -> None:
+        found[name] = tracker.get(out)
+        if all(layer in found for layer in layers):
+            raise StopForward          # nothing after the last layer matters (or has to be followable)
+
+    hooks = [modules[name].register_forward_hook(lambda _m, _a, out, name=name: record(name, out)) for name in layers]
     try:
         with torch.no_grad(), tracker:
             model.eval()(image)
+    except StopForward:
+        pass
     finally:
         for hook in hooks:
             hook.remove()

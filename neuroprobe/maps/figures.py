@@ -1,0 +1,97 @@
+"""Figures for maps that need the model: discrepancy maps over their images, a unit's empirical RF
+with its theoretical RF drawn on it, and empirical vs theoretical RF size by depth."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import torch
+from matplotlib.patches import Rectangle
+
+from .empirical_rf import EmpiricalReceptiveFields
+from .occlusion import DiscrepancyMaps
+
+
+def _symmetric_limit(values: np.ndarray) -> float:
+    finite = np.abs(values[np.isfinite(values)])
+    return float(np.percentile(finite, 99.5)) if finite.size and finite.max() > 0 else 1.0
+
+
+def discrepancy_figure(maps: DiscrepancyMaps, images: torch.Tensor, units: Sequence[int] | None = None,
+                       max_units: int = 5) -> plt.Figure:
+    """One row per image: the image, then each unit's pixel-resolution discrepancy map over it (red: the
+    patch lowers the response), with the unit's peak position marked."""
+    columns = list(range(len(maps.units))) if units is None else [int(np.flatnonzero(maps.units == u)[0]) for u in units]
+    columns = columns[:max_units]
+    view = maps.pixel_view()
+    fig, axes = plt.subplots(len(images), len(columns) + 1, figsize=(2.0 * (len(columns) + 1), 2.1 * len(images)),
+                             layout="constrained", squeeze=False)
+    for row, image in enumerate(images):
+        picture = image.permute(1, 2, 0).cpu().numpy()
+        axes[row, 0].imshow(picture)
+        axes[row, 0].set_title("image", fontsize=8)
+        for c, column in enumerate(columns, start=1):
+            ax = axes[row, c]
+            limit = _symmetric_limit(view[row, column])
+            ax.imshow(picture, alpha=0.35)
+            shown = ax.imshow(view[row, column], cmap="RdBu_r", vmin=-limit, vmax=limit, alpha=0.8)
+            py, px = maps.peak_px[row, column]
+            ax.plot(px, py, marker="+", color="black", markersize=8)
+            ax.set_title(f"unit {maps.units[column]} ({maps.reference[row, column]:.2f})", fontsize=8)
+        for ax in axes[row]:
+            ax.axis("off")
+    fig.colorbar(shown, ax=axes[:, -1], shrink=0.6, label="original - occluded")
+    fig.suptitle(f"{maps.layer}: occlusion discrepancy ({maps.window} px {maps.fill} patch, stride {maps.stride}, "
+                 f"response at {maps.response})", fontsize=9)
+    return fig
+
+
+def receptive_field_figure(fields: EmpiricalReceptiveFields, units: Sequence[int] | None = None,
+                           max_units: int = 6) -> plt.Figure:
+    """Each unit's averaged re-centred discrepancy map, its thresholded empirical RF (contour) and its
+    theoretical RF (dashed square, clipped to the canvas), centred on the unit's position."""
+    chosen = list(fields.units[:max_units]) if units is None else list(units)[:max_units]
+    height, width = fields.image_size
+    fig, axes = plt.subplots(1, len(chosen), figsize=(2.8 * len(chosen), 3.1), layout="constrained", squeeze=False)
+    for ax, unit in zip(axes[0], chosen, strict=True):
+        canvas = fields.map_of(int(unit))
+        row = fields.table.set_index("unit").loc[int(unit)]
+        limit = _symmetric_limit(canvas)
+        ax.imshow(canvas, cmap="RdBu_r", vmin=-limit, vmax=limit)
+        peak = np.nanmax(canvas) if np.isfinite(canvas).any() else np.nan
+        if np.isfinite(peak) and peak > 0:
+            ax.contour(np.nan_to_num(canvas, nan=-np.inf) >= fields.threshold * peak, levels=[0.5], colors="black",
+                       linewidths=1)
+        size = row["theoretical_rf_px"]
+        half = min(size, 2 * max(height, width)) / 2
+        ax.add_patch(Rectangle((width - 1 - half, height - 1 - half), 2 * half, 2 * half, fill=False,
+                               linestyle="--", edgecolor="dimgray", linewidth=1))
+        ax.plot(width - 1, height - 1, marker="+", color="black")
+        ax.set_xlim(-0.5, 2 * width - 1.5)
+        ax.set_ylim(2 * height - 1.5, -0.5)
+        ax.set_title(f"unit {unit}: {row['empirical_rf_px']:.0f} px of {size:.0f} (k={row['k']})", fontsize=8)
+        ax.axis("off")
+    fig.suptitle(f"{fields.layer}: empirical RF (contour, >= {fields.threshold:g} x max) and theoretical RF "
+                 "(dashed)", fontsize=9)
+    return fig
+
+
+def rf_size_by_depth(table: pd.DataFrame) -> plt.Figure:
+    """Empirical RF sizes per unit (points) against the theoretical size (line), layers in the table's order."""
+    order = list(dict.fromkeys(table["layer"]))
+    fig, ax = plt.subplots(figsize=(1.2 * len(order) + 3.5, 3.8), layout="constrained")
+    sns.stripplot(table, x="layer", y="empirical_rf_px", order=order, color="tab:blue", alpha=0.6, ax=ax,
+                  label="empirical (per unit)")
+    medians = table.groupby("layer", sort=False)["empirical_rf_px"].median().reindex(order)
+    ax.plot(range(len(order)), medians.to_numpy(), "o-", color="tab:blue", label="empirical (median)")
+    theoretical = table.groupby("layer", sort=False)["theoretical_rf_px"].first().reindex(order)
+    ax.plot(range(len(order)), theoretical.to_numpy(), "s--", color="dimgray", label="theoretical")
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles, strict=False))
+    ax.legend(unique.values(), unique.keys(), fontsize=8)
+    ax.set(xlabel="layer (by depth)", ylabel="receptive field size (px, sqrt of area)",
+           title="Empirical and theoretical receptive field size by depth")
+    return fig

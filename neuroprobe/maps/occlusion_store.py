@@ -1,0 +1,109 @@
+"""Discrepancy maps of many images written image by image into a resumable Zarr store.
+
+Layout: ``discrepancy`` (image, unit, y, x) float32, one chunk per image, with the occluder geometry
+in its attributes; ``reference`` (image, unit) and ``peak_px`` (image, unit, 2) beside it; ``images/``
+holds the manifest's columns plus ``status``/``reason``; ``done`` (image) marks finished rows, so the
+same command resumes a killed job and never recomputes or loses a written image.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import zarr
+
+from ..capture import probe
+from ..data import ImageDataset, Manifest, read_manifest
+from ..errors import NeuroprobeError
+from ..extract import resolve_device
+from ..models import LoadedModel, load_model
+from .occlusion import discrepancy_maps, occluder_positions
+
+log = logging.getLogger(__name__)
+
+
+def occlude(model: str | LoadedModel, data: str | Path | Manifest, layer: str, out: str | Path, *,
+            weights: str | None = None, units: Sequence[int] | None = None, window: int = 11, stride: int = 3,
+            fill: str = "noise", response: str = "peak", absolute: bool = False, rf_only: bool = False,
+            device: str | None = None, overwrite: bool = False, seed: int = 0, **options) -> Path:
+    """Discrepancy maps of ``units`` of ``layer`` for every image of ``data``, into the store ``out``."""
+    loaded = model if isinstance(model, LoadedModel) else load_model(model, weights)
+    manifest = data if isinstance(data, Manifest) else read_manifest(data)
+    dev = resolve_device(device)
+    crop = loaded.preprocessing.crop
+    info = probe(loaded.module.to(dev).eval(), [layer], torch.zeros(1, 3, crop, crop, device=dev))[layer]
+    if len(info.shape) != 3:
+        raise NeuroprobeError(f"layer '{layer}' has no spatial map (shape {info.shape}); choose a conv layer")
+    unit_list = list(range(info.units)) if units is None else [int(u) for u in units]
+    if any(not 0 <= u < info.units for u in unit_list):
+        raise NeuroprobeError(f"--units must lie in 0..{info.units - 1} for layer '{layer}'")
+    settings = {"model": loaded.name, "provenance": loaded.provenance, "layer": layer, "units": unit_list,
+                "window": window, "stride": stride, "fill": fill, "response": response, "absolute": absolute,
+                "rf_only": rf_only, "seed": seed, "image_size": crop, "data": manifest.fingerprint()}
+    settings = json.loads(json.dumps(settings, default=str))
+    ny, nx = len(occluder_positions(crop, window, stride)), len(occluder_positions(crop, window, stride))
+    group = _open(Path(out), settings, manifest, (len(unit_list), ny, nx), overwrite)
+    done = group["done"]
+    pending = np.flatnonzero(~done[:])
+    log.info("%d of %d images to do (%d occluded copies each at most)", len(pending), len(manifest), ny * nx)
+    dataset = ImageDataset(manifest, loaded.preprocessing)
+    for count, row in enumerate(pending, start=1):
+        _, image, ok, reason = dataset[int(row)]
+        if ok:
+            maps = discrepancy_maps(loaded, image[None], layer, units=unit_list, window=window, stride=stride,
+                                    fill=fill, response=response, absolute=absolute, rf_only=rf_only,
+                                    device=device, seed=seed + int(row), **options)
+            group["discrepancy"][row] = maps.values[0]
+            group["reference"][row] = maps.reference[0]
+            group["peak_px"][row] = maps.peak_px[0]
+            if count == 1 or "geometry" not in group["discrepancy"].attrs:
+                group["discrepancy"].attrs.update(_json(maps.geometry))
+        group["images/status"][row] = "ok" if ok else "error"
+        group["images/reason"][row] = reason
+        done[row] = True
+        log.info("image %d/%d (%s)%s", count, len(pending), manifest.table["path"].iat[row],
+                 "" if ok else f": skipped, {reason}")
+    zarr.consolidate_metadata(str(out))
+    return Path(out)
+
+
+def _json(value):
+    return json.loads(json.dumps(value, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
+
+
+def _open(out: Path, settings: dict, manifest: Manifest, shape: tuple[int, int, int], overwrite: bool) -> zarr.Group:
+    if out.exists() and not overwrite:
+        try:
+            group = zarr.open_group(str(out), mode="r+")
+            same = group.attrs.get("occlusion") == settings
+        except Exception as exc:  # noqa: BLE001 - anything unreadable is "not ours"
+            raise NeuroprobeError(f"{out} exists and is not an occlusion store ({exc}); choose another --out") from exc
+        if not same:
+            raise NeuroprobeError(f"{out} was made with other settings; pass --overwrite to replace it or choose "
+                                  "another --out")
+        return group
+    try:
+        group = zarr.open_group(str(out), mode="w")
+    except OSError as exc:
+        raise NeuroprobeError(f"cannot write {out} ({exc.strerror}); choose a writable --out") from exc
+    group.attrs["occlusion"] = settings
+    group.attrs["data_root"] = str(manifest.root)
+    n = len(manifest)
+    units, ny, nx = shape
+    array = group.create_array("discrepancy", shape=(n, units, ny, nx), chunks=(1, units, ny, nx), dtype="float32",
+                               fill_value=np.nan, dimension_names=("image", "unit", "y", "x"))
+    array.attrs["units"] = settings["units"]
+    group.create_array("reference", shape=(n, units), chunks=(1, units), dtype="float32", fill_value=np.nan,
+                       dimension_names=("image", "unit"))
+    group.create_array("peak_px", shape=(n, units, 2), chunks=(1, units, 2), dtype="float32", fill_value=np.nan,
+                       dimension_names=("image", "unit", "axis"))
+    group.create_array("done", shape=(n,), chunks=(1,), dtype="bool", fill_value=False, dimension_names=("image",))
+    images = group.create_group("images")
+    images.create_array("path", shape=(n,), dtype=str)[:] = manifest.table["path"].astype(str).to_numpy(dtype=object)
+    images.create_array("status", shape=(n,), chunks=(1,), dtype=str, fill_value="pending")
+    images.create_array("reason", shape=(n,), chunks=(1,), dtype=str, fill_value="")
+    return group
