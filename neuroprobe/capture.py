@@ -68,9 +68,10 @@ class _Recorder(TorchFunctionMode):
     learnt by a probe pass; the others are not cloned. ``None`` records them all.
     """
 
-    def __init__(self, keep: frozenset[int] | None = None) -> None:
+    def __init__(self, keep: frozenset[int] | None = None, keep_graph: bool = False) -> None:
         super().__init__()
         self.keep = keep
+        self.keep_graph = keep_graph
         self.calls = 0
         self.records: dict[int, _Record] = {}
 
@@ -82,7 +83,7 @@ class _Recorder(TorchFunctionMode):
             if self.keep is not None and call not in self.keep:
                 return func(*args, **kwargs)
             source = args[0]
-            copy = _runs_in_place(func, args, kwargs) or source.is_inference()
+            copy = not self.keep_graph and (_runs_in_place(func, args, kwargs) or source.is_inference())
             kept = source.detach().clone() if copy else source
             out = func(*args, **kwargs)
             if isinstance(out, torch.Tensor):
@@ -132,7 +133,8 @@ class Capture:
     """
 
     def __init__(self, model: nn.Module, layers: Sequence[str], on_value: OnValue,
-                 post_activation: bool = False, plan: dict[str, "LayerInfo"] | None = None) -> None:
+                 post_activation: bool = False, plan: dict[str, "LayerInfo"] | None = None,
+                 keep_graph: bool = False) -> None:
         modules = dict(model.named_modules())
         for layer in layers:
             if layer not in modules or layer == "":
@@ -144,6 +146,7 @@ class Capture:
         self.on_value = on_value
         self.post_activation = post_activation
         self.plan = plan
+        self.keep_graph = keep_graph    # values stay in the autograd graph (under ActivationRewrite)
         self.descriptions: dict[str, str] = {}
         self.used: dict[str, frozenset[int]] = {}
         self.calls: dict[str, int] = {}
@@ -182,7 +185,7 @@ class Capture:
     def _pre_hook(self, name: str):
         def hook(module, args):
             if not self.post_activation:
-                recorder = _Recorder(self.plan[name].activation_calls if self.plan else None)
+                recorder = _Recorder(self.plan[name].activation_calls if self.plan else None, self.keep_graph)
                 recorder.__enter__()
                 self._active.append(recorder)
         return hook
@@ -204,7 +207,7 @@ class Capture:
                                       f"'{self.plan[name].what}'; the model's structure depends on its input")
             self.descriptions[name], self.used[name] = what, used
             self.calls[name] = self.calls.get(name, 0) + 1
-            self.on_value(name, value.detach())
+            self.on_value(name, value if self.keep_graph else value.detach())
             if self.plan is not None and all(self.calls.get(n, 0) >= self.plan[n].calls for n in self.layers):
                 raise StopForward
             return None
