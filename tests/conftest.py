@@ -1,6 +1,7 @@
 """Shared fixtures: the embedded sample, seeded random state-dict files, independent preprocessing."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -8,6 +9,11 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One intra-op thread per xdist worker: with as many workers as cores, more threads only spin
+    # against each other (small-op loops such as NMF ran 100x slower oversubscribed).
+    torch.set_num_threads(1)
 SAMPLE_CSV = ROOT / "data" / "sample" / "labels.csv"
 SHARED_SAMPLE = ROOT.parent / "shared" / "data" / "imagenet-sample" / "labels.csv"
 

@@ -165,5 +165,6 @@ def receptive_fields_from_store(store: str | Path, layer: str, *, k: int = 10, u
     images = torch.stack([item[1] for item in loaded])
     local = top.assign(store_image=top["image"], image=np.searchsorted(rows, top["image"].to_numpy()))
     result = empirical_receptive_fields(model, images, layer, local, **options)
-    result.top = result.top.assign(path=table["path"].to_numpy()[result.top["store_image"].to_numpy()])
+    store_rows = result.top["store_image"].to_numpy()
+    result.top = result.top.assign(image=store_rows, path=table["path"].to_numpy()[store_rows]).drop(columns="store_image")
     return result
