@@ -27,6 +27,8 @@ def discrepancy_figure(maps: DiscrepancyMaps, images: torch.Tensor, units: Seque
     columns = list(range(len(maps.units))) if units is None else [int(np.flatnonzero(maps.units == u)[0]) for u in units]
     columns = columns[:max_units]
     view = maps.pixel_view()
+    # one colour scale for every panel, so that the single colour bar reads true for all of them
+    limit = _symmetric_limit(view[:len(images)][:, columns])
     fig, axes = plt.subplots(len(images), len(columns) + 1, figsize=(2.0 * (len(columns) + 1), 2.1 * len(images)),
                              layout="constrained", squeeze=False)
     for row, image in enumerate(images):
@@ -35,7 +37,6 @@ def discrepancy_figure(maps: DiscrepancyMaps, images: torch.Tensor, units: Seque
         axes[row, 0].set_title("image", fontsize=8)
         for c, column in enumerate(columns, start=1):
             ax = axes[row, c]
-            limit = _symmetric_limit(view[row, column])
             ax.imshow(picture, alpha=0.35)
             shown = ax.imshow(view[row, column], cmap="RdBu_r", vmin=-limit, vmax=limit, alpha=0.8)
             py, px = maps.peak_px[row, column]
@@ -43,7 +44,7 @@ def discrepancy_figure(maps: DiscrepancyMaps, images: torch.Tensor, units: Seque
             ax.set_title(f"unit {maps.units[column]} ({maps.reference[row, column]:.2f})", fontsize=8)
         for ax in axes[row]:
             ax.axis("off")
-    fig.colorbar(shown, ax=axes[:, -1], shrink=0.6, label="original - occluded")
+    fig.colorbar(shown, ax=axes[:, -1], shrink=0.6, label="original - occluded (same scale in every panel)")
     fig.suptitle(f"{maps.layer}: occlusion discrepancy ({maps.window} px {maps.fill} patch, stride {maps.stride}, "
                  f"response at {maps.response})", fontsize=9)
     return fig
@@ -52,7 +53,10 @@ def discrepancy_figure(maps: DiscrepancyMaps, images: torch.Tensor, units: Seque
 def receptive_field_figure(fields: EmpiricalReceptiveFields, units: Sequence[int] | None = None,
                            max_units: int = 6) -> plt.Figure:
     """Each unit's averaged re-centred discrepancy map, its thresholded empirical RF (contour) and its
-    theoretical RF (dashed square, clipped to the canvas), centred on the unit's position."""
+    theoretical RF (dashed square, clipped to the canvas), centred on the unit's position.
+
+    Each panel zooms on its unit's middle: 0.75 x the theoretical size or 1.5 x the empirical size either
+    side of it (at least 16 px, at most the whole canvas), so a small field is not a dot on a large canvas."""
     chosen = list(fields.units[:max_units]) if units is None else list(units)[:max_units]
     height, width = fields.image_size
     fig, axes = plt.subplots(1, len(chosen), figsize=(2.8 * len(chosen), 3.1), layout="constrained", squeeze=False)
@@ -70,8 +74,10 @@ def receptive_field_figure(fields: EmpiricalReceptiveFields, units: Sequence[int
         ax.add_patch(Rectangle((width - 1 - half, height - 1 - half), 2 * half, 2 * half, fill=False,
                                linestyle="--", edgecolor="dimgray", linewidth=1))
         ax.plot(width - 1, height - 1, marker="+", color="black")
-        ax.set_xlim(-0.5, 2 * width - 1.5)
-        ax.set_ylim(2 * height - 1.5, -0.5)
+        empirical = row["empirical_rf_px"] if np.isfinite(row["empirical_rf_px"]) else 0.0
+        extent = max(0.75 * min(size, 2 * max(height, width)), 1.5 * empirical, 16.0)
+        ax.set_xlim(max(-0.5, width - 1 - extent), min(2 * width - 1.5, width - 1 + extent))
+        ax.set_ylim(min(2 * height - 1.5, height - 1 + extent), max(-0.5, height - 1 - extent))
         ax.set_title(f"unit {unit}: {row['empirical_rf_px']:.0f} px of {size:.0f} (k={row['k']})", fontsize=8)
         ax.axis("off")
     fig.suptitle(f"{fields.layer}: empirical RF (contour, >= {fields.threshold:g} x max) and theoretical RF "
@@ -80,7 +86,10 @@ def receptive_field_figure(fields: EmpiricalReceptiveFields, units: Sequence[int
 
 
 def rf_size_by_depth(table: pd.DataFrame) -> plt.Figure:
-    """Empirical RF sizes per unit (points) against the theoretical size (line), layers in the table's order."""
+    """Empirical RF sizes per unit (points) against the theoretical size (line), layers in the table's order.
+
+    The size axis is logarithmic (theoretical sizes of deep layers are tens of times the empirical ones);
+    a dotted line marks the image's size where some theoretical field exceeds it."""
     order = list(dict.fromkeys(table["layer"]))
     fig, ax = plt.subplots(figsize=(1.2 * len(order) + 3.5, 3.8), layout="constrained")
     sns.stripplot(table, x="layer", y="empirical_rf_px", order=order, color="tab:blue", alpha=0.6, ax=ax,
@@ -89,6 +98,11 @@ def rf_size_by_depth(table: pd.DataFrame) -> plt.Figure:
     ax.plot(range(len(order)), medians.to_numpy(), "o-", color="tab:blue", label="empirical (median)")
     theoretical = table.groupby("layer", sort=False)["theoretical_rf_px"].first().reindex(order)
     ax.plot(range(len(order)), theoretical.to_numpy(), "s--", color="dimgray", label="theoretical")
+    beyond = table[table["theoretical_rf_px"] > table["theoretical_rf_px_in_image"]]
+    if len(beyond):
+        ax.axhline(float(beyond["theoretical_rf_px_in_image"].iloc[0]), color="gray", linestyle=":", linewidth=1,
+                   label="image size")
+    ax.set_yscale("log")
     handles, labels = ax.get_legend_handles_labels()
     unique = dict(zip(labels, handles, strict=False))
     ax.legend(unique.values(), unique.keys(), fontsize=8)
