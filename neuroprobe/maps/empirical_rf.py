@@ -78,6 +78,9 @@ def empirical_receptive_fields(model: LoadedModel, images: torch.Tensor, layer: 
     ``images``: uint8 (N, 3, H, W). Each image is swept once for all the units that have it among their
     top images. ``options`` go to :func:`~neuroprobe.maps.discrepancy_maps` (device, batch_size, ...).
     """
+    if stride > window:
+        raise NeuroprobeError(f"stride {stride} > window {window} leaves gaps that split the field into patches; "
+                              "use --stride <= --window")
     if not {"unit", "image"} <= set(top.columns):
         raise NeuroprobeError("top needs columns 'unit' and 'image' (e.g. from top_images or top_k_images)")
     units = np.unique(top["unit"].to_numpy())
