@@ -2,6 +2,7 @@
 with its theoretical RF drawn on it, and empirical vs theoretical RF size by depth."""
 from __future__ import annotations
 
+import textwrap
 from typing import Sequence
 
 import matplotlib.pyplot as plt
@@ -10,14 +11,19 @@ import pandas as pd
 import seaborn as sns
 import torch
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import FuncFormatter
+from scipy import ndimage
 
 from .empirical_rf import EmpiricalReceptiveFields
 from .occlusion import DiscrepancyMaps
 
 
 def _symmetric_limit(values: np.ndarray) -> float:
+    """99.5th percentile of |values| over the finite non-zero ones: maps made with ``rf_only`` are exactly 0
+    outside the field, and counting those zeros would saturate most of the field."""
     finite = np.abs(values[np.isfinite(values)])
-    return float(np.percentile(finite, 99.5)) if finite.size and finite.max() > 0 else 1.0
+    finite = finite[finite > 0]
+    return float(np.percentile(finite, 99.5)) if finite.size else 1.0
 
 
 def discrepancy_figure(maps: DiscrepancyMaps, images: torch.Tensor, units: Sequence[int] | None = None,
@@ -52,7 +58,8 @@ def discrepancy_figure(maps: DiscrepancyMaps, images: torch.Tensor, units: Seque
 
 def receptive_field_figure(fields: EmpiricalReceptiveFields, units: Sequence[int] | None = None,
                            max_units: int = 6) -> plt.Figure:
-    """Each unit's averaged re-centred discrepancy map, its thresholded empirical RF (contour) and its
+    """Each unit's averaged re-centred discrepancy map, its empirical RF (solid contour: the region above the
+    threshold that holds the maximum, the one measured; dotted: other regions above the threshold) and its
     theoretical RF (dashed square, clipped to the canvas), centred on the unit's position.
 
     Each panel zooms on its unit's middle: 0.75 x the theoretical size or 1.5 x the empirical size either
@@ -67,8 +74,12 @@ def receptive_field_figure(fields: EmpiricalReceptiveFields, units: Sequence[int
         ax.imshow(canvas, cmap="RdBu_r", vmin=-limit, vmax=limit)
         peak = np.nanmax(canvas) if np.isfinite(canvas).any() else np.nan
         if np.isfinite(peak) and peak > 0:
-            ax.contour(np.nan_to_num(canvas, nan=-np.inf) >= fields.threshold * peak, levels=[0.5], colors="black",
-                       linewidths=1)
+            above = np.nan_to_num(canvas, nan=-np.inf) >= fields.threshold * peak
+            labels, _ = ndimage.label(above)
+            measured = labels == labels[np.unravel_index(np.nanargmax(canvas), canvas.shape)]
+            if (above & ~measured).any():   # above threshold but not connected to the maximum: not measured
+                ax.contour(above & ~measured, levels=[0.5], colors="black", linewidths=0.6, linestyles=":")
+            ax.contour(measured, levels=[0.5], colors="black", linewidths=1.2)
         size = row["theoretical_rf_px"]
         half = min(size, 2 * max(height, width)) / 2
         ax.add_patch(Rectangle((width - 1 - half, height - 1 - half), 2 * half, 2 * half, fill=False,
@@ -80,8 +91,9 @@ def receptive_field_figure(fields: EmpiricalReceptiveFields, units: Sequence[int
         ax.set_ylim(min(2 * height - 1.5, height - 1 + extent), max(-0.5, height - 1 - extent))
         ax.set_title(f"unit {unit}: {row['empirical_rf_px']:.0f} px of {size:.0f} (k={row['k']})", fontsize=8)
         ax.axis("off")
-    fig.suptitle(f"{fields.layer}: empirical RF (contour, >= {fields.threshold:g} x max) and theoretical RF "
-                 "(dashed)", fontsize=9)
+    legend = (f"{fields.layer}: empirical RF (solid: the region >= {fields.threshold:g} x max that holds the max, "
+              "as measured; dotted: other regions above it) and theoretical RF (dashed)")
+    fig.suptitle(textwrap.fill(legend, width=max(30, int(12 * 2.8 * len(chosen)))), fontsize=9)
     return fig
 
 
@@ -103,6 +115,7 @@ def rf_size_by_depth(table: pd.DataFrame) -> plt.Figure:
         ax.axhline(float(beyond["theoretical_rf_px_in_image"].iloc[0]), color="gray", linestyle=":", linewidth=1,
                    label="image size")
     ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
     handles, labels = ax.get_legend_handles_labels()
     unique = dict(zip(labels, handles, strict=False))
     ax.legend(unique.values(), unique.keys(), fontsize=8)
