@@ -123,9 +123,7 @@ def top_k_images(model: LoadedModel, images: torch.Tensor, layer: str, k: int = 
     """Top-K rows of ``images`` per unit by the unit's spatial maximum (pre-activation), computed in memory."""
     dev = resolve_device(device)
     module = model.module.to(dev).eval()
-    mean = torch.tensor(model.preprocessing.mean, device=dev).view(1, -1, 1, 1)
-    std = torch.tensor(model.preprocessing.std, device=dev).view(1, -1, 1, 1)
-    normalize = lambda x: (x.to(dev).float() / 255 - mean) / std  # noqa: E731
+    normalize = lambda x: model.preprocessing.normalize(x.to(dev))  # noqa: E731 - the model's own recipe
     maxima, values = [], {}
     with torch.no_grad():
         plan = probe(module, [layer], normalize(images[:1]))

@@ -187,7 +187,7 @@ def discrepancy_maps(model: LoadedModel | nn.Module, images: torch.Tensor, layer
 
         jobs = np.argwhere(evaluated)                                        # (image, iy, ix)
         n = batch_size or _batch_for_budget(module, layer, inputs[:1], plan, memory_budget, dev, len(jobs))
-        out = torch.zeros(len(pixels), len(unit_index), len(pos_y), len(pos_x), dtype=torch.float32)
+        out = torch.zeros(len(pixels), len(unit_index), len(pos_y), len(pos_x), dtype=torch.float32, device=dev)
         rows = torch.arange(height, device=dev)
         cols = torch.arange(width, device=dev)
         ty, tx = torch.as_tensor(pos_y, device=dev), torch.as_tensor(pos_x, device=dev)
@@ -203,9 +203,8 @@ def discrepancy_maps(model: LoadedModel | nn.Module, images: torch.Tensor, layer
                 with autocast:
                     capture.run(copies)
                 occluded = _respond(values[layer][:, unit_index].float(), peak_flat[image], response)
-                cpu_job = job.cpu()
-                out[cpu_job[:, 0], :, cpu_job[:, 1], cpu_job[:, 2]] = (reference[image] - occluded).cpu()
-    maps = out.numpy()
+                out[job[:, 0], :, job[:, 1], job[:, 2]] = reference[image] - occluded   # stays on the device
+    maps = out.cpu().numpy()
     if rf_only:
         maps = np.where(inside, maps, 0.0).astype(np.float32)
     if absolute:
