@@ -20,6 +20,9 @@ EXAMPLES = """examples:
          --stride 8 --out runs/occlusion.zarr
   python -m neuroprobe rf      runs/sample.zarr --layers blocks.3 bn2 --units 0 1 2 --k 5 --stride 8 \
          --out runs/rf
+  python -m neuroprobe saliency --method gradcam --data data/sample/labels.csv --out runs/gradcam.zarr
+  python -m neuroprobe localize --data data/sample/labels.csv --methods gradient,guided,gradcam,dff \
+         --grid 2 --n 20 --out runs/localize
 """
 
 MODEL_HELP = ("efficientnet_lite0 (offline pretrained ImageNet model), a torchvision classification model "
@@ -49,6 +52,28 @@ def _occluder_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=None,
                         help="occluded copies per forward pass (default: from the memory budget)")
     parser.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when present)")
+
+
+def _method_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--layer", default=None,
+                        help="layer for gradcam and dff, as listed by 'python -m neuroprobe layers' (default: the "
+                             "last layer with a spatial map)")
+    parser.add_argument("--samples", type=int, default=None, help="smoothgrad: noisy copies per image (default: 50)")
+    parser.add_argument("--noise", type=float, default=None,
+                        help="smoothgrad: noise sd as a fraction of each image's value range (default: 0.15)")
+    parser.add_argument("--iterations", type=int, default=None,
+                        help="feedback and global: gate optimisation steps (default: 10)")
+    parser.add_argument("--concepts", type=int, default=None, help="dff: NMF concepts (default: 5)")
+    parser.add_argument("--no-relu", action="store_true", help="gradcam: keep the negative part (no final ReLU)")
+    parser.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when present)")
+
+
+def _method_options(args, method: str) -> dict:
+    """The options of ``method`` that were given on the command line."""
+    given = {"smoothgrad": {"samples": args.samples, "noise": args.noise}, "feedback": {"iterations": args.iterations},
+             "global": {"iterations": args.iterations}, "dff": {"concepts": args.concepts},
+             "gradcam": {"relu": False if args.no_relu else None}}.get(method, {})
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -146,6 +171,46 @@ def build_parser() -> argparse.ArgumentParser:
                    help="RF = connected region >= this fraction of the averaged map's maximum (default: %(default)s)")
     _occluder_args(p)
     p.add_argument("--out", required=True, help="folder for rf.csv and the figures")
+
+    methods = "gradient, guided, smoothgrad, gradcam, dff, feedback, global"
+    p = sub.add_parser("saliency", help="attribution maps of every image into a Zarr store",
+                       description="One map per image for its target class (a column of class indices or the "
+                                   "model's prediction) by one method: " + methods + ". Writes 'map' (image, y, x) "
+                                   "at the input's resolution with target, predicted, score and probability; run "
+                                   "the same command again to resume.")
+    _model_args(p)
+    p.add_argument("--method", required=True, choices=methods.split(", "), metavar="METHOD",
+                   help=f"one of: {methods}")
+    p.add_argument("--data", required=True, help="folder of images or CSV with a 'path' column (as for extract)")
+    p.add_argument("--target", default=None,
+                   help="column of class indices to explain, or 'prediction' (default: class_index when the table "
+                        "has it, else the prediction)")
+    _method_args(p)
+    p.add_argument("--batch-size", type=int, default=16, help="images per pass and per store chunk (default: %(default)s)")
+    p.add_argument("--raw", action="store_true", help="also store the signed raw tensor (input gradient, CAM)")
+    p.add_argument("--out", required=True, help="store to write, e.g. gradcam.zarr")
+    p.add_argument("--overwrite", action="store_true", help="replace a store made with other settings")
+
+    p = sub.add_parser("localize", help="grid pointing game: which method puts attribution on the right object",
+                       description="Builds seeded grid x grid mosaics of correctly classified images of different "
+                                   "classes (Böhle et al. 2022) and scores each method's map for every cell's class: "
+                                   "'grid' = share of positive attribution in that cell (uniform map: 1/grid^2), "
+                                   "'pointing' = maximum within 15 px of the cell. Writes scores.csv, summary.csv "
+                                   "(mean and 95%% t-interval per method), mosaics.csv and examples.png.")
+    _model_args(p)
+    p.add_argument("--data", required=True, help="folder of images or CSV with a 'path' column and class indices")
+    p.add_argument("--methods", default="gradient,guided,smoothgrad,gradcam,dff,feedback,global",
+                   help="comma-separated methods (default: %(default)s)")
+    p.add_argument("--label-column", default="class_index", help="column of class indices (default: %(default)s)")
+    p.add_argument("--grid", type=int, default=2, help="mosaic side in images (default: %(default)s)")
+    p.add_argument("--n", type=int, default=200, help="mosaics (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the mosaic draw (default: %(default)s)")
+    p.add_argument("--cell-size", type=int, default=None,
+                   help="resize each image to this many px in the mosaic (default: the model's input size, so a "
+                        "2x2 mosaic is twice the input; half of it makes mosaics the input's size, 4x cheaper)")
+    _method_args(p)
+    p.add_argument("--batch-size", type=int, default=4, help="mosaics per pass (default: %(default)s)")
+    p.add_argument("--out", required=True, help="folder for the CSV tables and the figure")
 
     p = sub.add_parser("info", help="what a store holds and how complete it is")
     p.add_argument("store")
@@ -273,6 +338,45 @@ def _rf(args) -> int:
     return 0
 
 
+def _saliency(args) -> int:
+    from .maps.saliency_store import saliency
+
+    out = saliency(args.model, args.data, args.out, args.method, weights=args.weights, layer=args.layer,
+                   target=args.target, batch_size=args.batch_size, device=args.device, raw=args.raw,
+                   overwrite=args.overwrite, **_method_options(args, args.method))
+    import zarr
+
+    group = zarr.open_group(str(out), mode="r")
+    done = group["done"][:]
+    ok = group["images/status"][:] == "ok"
+    correct = (group["target"][:] == group["predicted"][:])[ok]
+    print(f"store    {out.resolve()}")
+    print(f"maps     {args.method} {'x'.join(map(str, group['map'].shape))} (image, y, x): {int(done.sum())} done, "
+          f"{int((done & ~ok).sum())} skipped (unreadable); target = prediction for "
+          f"{correct.mean():.0%} of them" if ok.any() else "no readable image")
+    return 0
+
+
+def _localize(args) -> int:
+    from .maps.localize_report import localize
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    game = localize(args.model, args.data, args.out, methods, weights=args.weights, label_column=args.label_column,
+                    grid=args.grid, n=args.n, seed=args.seed, layer=args.layer, batch_size=args.batch_size,
+                    cell_size=args.cell_size,
+                    device=args.device, method_options={m: _method_options(args, m) for m in methods})
+    uniform = 1 / args.grid ** 2
+    print(f"grid pointing game, {game.mosaics.mosaic.nunique()} mosaics of {args.grid}x{args.grid} "
+          f"(uniform map: {uniform:.2f}); mean and 95% interval:")
+    grid = game.table("grid").set_index("method")
+    pointing = game.table("pointing").set_index("method")
+    for method, row in grid.iterrows():
+        print(f"  {method:<11} grid {row['mean']:.3f} [{row.ci_low:.3f}, {row.ci_high:.3f}]   pointing "
+              f"{pointing.loc[method, 'mean']:.3f}   n {row.n}" + (f" ({row.excluded} excluded)" if row.excluded else ""))
+    print(f"tables and figure in {Path(args.out).resolve()}")
+    return 0
+
+
 def _info(args) -> int:
     _print_info(args.store)
     return 0
@@ -286,4 +390,5 @@ def _export(args) -> int:
 
 
 COMMANDS = {"layers": _layers, "extract": _extract, "report": _report, "occlude": _occlude, "rf": _rf,
+            "saliency": _saliency, "localize": _localize,
             "info": _info, "export": _export}

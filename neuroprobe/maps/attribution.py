@@ -130,11 +130,15 @@ def guided_backprop(model: nn.Module, x: torch.Tensor, targets, *, target_layer:
     return Attribution("guided", raw, raw.abs().amax(2), targets, "max over channels of |guided gradient|")
 
 
+PASS_BUDGET = 32 * 224 * 224   # image-targets x pixels per SmoothGrad pass: 32 224-px images, one target each
+
+
 def smoothgrad(model: nn.Module, x: torch.Tensor, targets, *, samples: int = 50, noise: float = 0.15,
-               batch_size: int = 64, seed: int = 0, noise_tensor: torch.Tensor | None = None,
+               batch_size: int | None = None, seed: int = 0, noise_tensor: torch.Tensor | None = None,
                target_layer: str | None = None) -> Attribution:
     """Smilkov et al.: the input gradient averaged over noisy copies; sigma = ``noise`` x each image's
-    value range (max - min); samples are batched ``batch_size`` copies at a time. ``noise_tensor``
+    value range (max - min); samples are batched ``batch_size`` copies at a time (default: as many as keep
+    copies x targets x pixels within 32 224-px images). ``noise_tensor``
     (S, B, C, H, W) replaces the seeded draw. raw = mean gradient; map = max over channels of the
     mean |gradient| (SmoothGrad's absolute-value variant, as in Captum's NoiseTunnel on Saliency)."""
     targets = as_targets(targets, len(x), x.device)
@@ -144,6 +148,7 @@ def smoothgrad(model: nn.Module, x: torch.Tensor, targets, *, samples: int = 50,
         noise_tensor = torch.randn((samples, *x.shape), generator=generator).to(x.device) * sigma.view(1, -1, 1, 1, 1)
     samples = noise_tensor.shape[0]
     copies = (x[None] + noise_tensor).flatten(0, 1)                     # (S * B, C, H, W), sample-major
+    batch_size = batch_size or max(1, PASS_BUDGET // (targets.shape[1] * x.shape[-2] * x.shape[-1]))
     repeated = targets.repeat(samples, 1)
     raw_sum, abs_sum = 0.0, 0.0
     for start in range(0, len(copies), batch_size):

@@ -122,3 +122,38 @@ def rf_size_by_depth(table: pd.DataFrame) -> plt.Figure:
     ax.set(xlabel="layer (by depth)", ylabel="receptive field size (px, sqrt of area)",
            title="Empirical and theoretical receptive field size by depth")
     return fig
+
+
+def grid_pointing_figure(game, names: pd.Series | None = None, max_mosaics: int = 4) -> plt.Figure:
+    """One row per example mosaic: the mosaic with the target cell outlined, then each method's map for that
+    cell's class (each map scaled to its own 99.5th percentile) with its grid pointing score."""
+    methods = list(game.examples)
+    count = min(max_mosaics, len(game.example_images))
+    cells = game.grid * game.grid
+    fig, axes = plt.subplots(count, len(methods) + 1, figsize=(1.9 * (len(methods) + 1), 2.0 * count),
+                             layout="constrained", squeeze=False)
+    scores = game.scores.set_index(["method", "mosaic", "cell"])["grid"]
+    mosaic_ids = sorted(game.scores["mosaic"].unique())[:count]
+    for row, mosaic_id in enumerate(mosaic_ids):
+        cell = row % cells
+        picture = game.example_images[row].transpose(1, 2, 0)
+        size = picture.shape[0] // game.grid
+        corner = ((cell % game.grid) * size, (cell // game.grid) * size)
+        image = game.mosaics[(game.mosaics.mosaic == mosaic_id) & (game.mosaics.cell == cell)]["image"].iat[0]
+        label = names.iat[image] if names is not None else game.mosaics[(game.mosaics.mosaic == mosaic_id)
+                                                                        & (game.mosaics.cell == cell)]["label"].iat[0]
+        axes[row, 0].imshow(picture)
+        axes[row, 0].set_title(textwrap.shorten(f"target: {label}", 28), fontsize=8)
+        for c, method in enumerate(methods, start=1):
+            values = game.examples[method][row, cell]
+            axes[row, c].imshow(picture, alpha=0.3)
+            top = np.percentile(values, 99.5)   # a few extreme pixels would leave pixel-level maps dark
+            axes[row, c].imshow(values, cmap="magma", vmin=0, vmax=top if top > 0 else 1, alpha=0.75)
+            axes[row, c].set_title(f"{method} {scores.loc[(method, mosaic_id, cell)]:.2f}", fontsize=8)
+        for ax in axes[row]:
+            ax.add_patch(Rectangle((corner[0] - 0.5, corner[1] - 0.5), size, size, fill=False, edgecolor="cyan",
+                                   linewidth=1.2))
+            ax.axis("off")
+    fig.suptitle(f"grid pointing game: share of positive attribution in the target cell (cyan; uniform map "
+                 f"{1 / cells:.2f})", fontsize=9)
+    return fig

@@ -7,7 +7,6 @@ same command resumes a killed job and never recomputes or loses a written image.
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Sequence
@@ -21,6 +20,7 @@ from ..data import ImageDataset, Manifest, read_manifest
 from ..errors import NeuroprobeError
 from ..extract import resolve_device
 from ..models import LoadedModel, load_model
+from .map_store import ArraySpec, as_json, mark_done, open_map_store
 from .occlusion import discrepancy_maps, occluder_positions
 
 log = logging.getLogger(__name__)
@@ -44,9 +44,13 @@ def occlude(model: str | LoadedModel, data: str | Path | Manifest, layer: str, o
     settings = {"model": loaded.name, "provenance": loaded.provenance, "layer": layer, "units": unit_list,
                 "window": window, "stride": stride, "fill": fill, "response": response, "absolute": absolute,
                 "rf_only": rf_only, "seed": seed, "image_size": crop, "data": manifest.fingerprint()}
-    settings = json.loads(json.dumps(settings, default=str))
     ny, nx = len(occluder_positions(crop, window, stride)), len(occluder_positions(crop, window, stride))
-    group = _open(Path(out), settings, manifest, (len(unit_list), ny, nx), overwrite)
+    arrays = {"discrepancy": ArraySpec((len(unit_list), ny, nx), ("unit", "y", "x")),
+              "reference": ArraySpec((len(unit_list),), ("unit",)),
+              "peak_px": ArraySpec((len(unit_list), 2), ("unit", "axis"))}
+    group = open_map_store(Path(out), "occlusion", settings, manifest, arrays, overwrite)
+    if "units" not in group["discrepancy"].attrs:
+        group["discrepancy"].attrs["units"] = unit_list
     done = group["done"]
     pending = np.flatnonzero(~done[:])
     log.info("%d of %d images to do (%d occluded copies each at most)", len(pending), len(manifest), ny * nx)
@@ -61,49 +65,9 @@ def occlude(model: str | LoadedModel, data: str | Path | Manifest, layer: str, o
             group["reference"][row] = maps.reference[0]
             group["peak_px"][row] = maps.peak_px[0]
             if count == 1 or "geometry" not in group["discrepancy"].attrs:
-                group["discrepancy"].attrs.update(_json(maps.geometry))
-        group["images/status"][row] = "ok" if ok else "error"
-        group["images/reason"][row] = reason
-        done[row] = True
+                group["discrepancy"].attrs.update(as_json(maps.geometry))
+        mark_done(group, [row], [ok], [reason])
         log.info("image %d/%d (%s)%s", count, len(pending), manifest.table["path"].iat[row],
                  "" if ok else f": skipped, {reason}")
     zarr.consolidate_metadata(str(out))
     return Path(out)
-
-
-def _json(value):
-    return json.loads(json.dumps(value, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
-
-
-def _open(out: Path, settings: dict, manifest: Manifest, shape: tuple[int, int, int], overwrite: bool) -> zarr.Group:
-    if out.exists() and not overwrite:
-        try:
-            group = zarr.open_group(str(out), mode="r+")
-            same = group.attrs.get("occlusion") == settings
-        except Exception as exc:  # noqa: BLE001 - anything unreadable is "not ours"
-            raise NeuroprobeError(f"{out} exists and is not an occlusion store ({exc}); choose another --out") from exc
-        if not same:
-            raise NeuroprobeError(f"{out} was made with other settings; pass --overwrite to replace it or choose "
-                                  "another --out")
-        return group
-    try:
-        group = zarr.open_group(str(out), mode="w")
-    except OSError as exc:
-        raise NeuroprobeError(f"cannot write {out} ({exc.strerror}); choose a writable --out") from exc
-    group.attrs["occlusion"] = settings
-    group.attrs["data_root"] = str(manifest.root)
-    n = len(manifest)
-    units, ny, nx = shape
-    array = group.create_array("discrepancy", shape=(n, units, ny, nx), chunks=(1, units, ny, nx), dtype="float32",
-                               fill_value=np.nan, dimension_names=("image", "unit", "y", "x"))
-    array.attrs["units"] = settings["units"]
-    group.create_array("reference", shape=(n, units), chunks=(1, units), dtype="float32", fill_value=np.nan,
-                       dimension_names=("image", "unit"))
-    group.create_array("peak_px", shape=(n, units, 2), chunks=(1, units, 2), dtype="float32", fill_value=np.nan,
-                       dimension_names=("image", "unit", "axis"))
-    group.create_array("done", shape=(n,), chunks=(1,), dtype="bool", fill_value=False, dimension_names=("image",))
-    images = group.create_group("images")
-    images.create_array("path", shape=(n,), dtype=str)[:] = manifest.table["path"].astype(str).to_numpy(dtype=object)
-    images.create_array("status", shape=(n,), chunks=(1,), dtype=str, fill_value="pending")
-    images.create_array("reason", shape=(n,), chunks=(1,), dtype=str, fill_value="")
-    return group

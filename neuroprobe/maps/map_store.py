@@ -1,0 +1,75 @@
+"""Resumable Zarr stores of per-image maps (occlusion, saliency): one layout, one resume rule.
+
+Every store holds its arrays with a leading ``image`` axis, ``done`` (image) marking finished rows,
+and ``images/`` with the manifest's paths plus ``status``/``reason``. The settings that made it sit
+in the group's attributes under ``kind``; reopening with other settings is refused unless
+``overwrite``, so a resumed job never mixes two kinds of map.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from ..data import Manifest
+from ..errors import NeuroprobeError
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """One per-image array: its shape after the image axis, dtype, fill value and axis names."""
+
+    shape: tuple[int, ...]
+    dims: tuple[str, ...]
+    dtype: str = "float32"
+    fill: object = np.nan
+
+
+def as_json(value):
+    """Attributes Zarr can hold: numpy values become lists, anything else its string."""
+    return json.loads(json.dumps(value, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
+
+
+def open_map_store(out: Path, kind: str, settings: dict, manifest: Manifest, arrays: dict[str, ArraySpec],
+                   overwrite: bool, rows_per_chunk: int = 1) -> zarr.Group:
+    """Reopen ``out`` when it was made with the same settings, else create it (``overwrite`` replaces)."""
+    settings = as_json(settings)
+    if out.exists() and not overwrite:
+        try:
+            group = zarr.open_group(str(out), mode="r+")
+            same = group.attrs.get(kind) == settings
+        except Exception as exc:  # noqa: BLE001 - anything unreadable is "not ours"
+            raise NeuroprobeError(f"{out} exists and is not a neuroprobe {kind} store ({exc}); choose another --out") from exc
+        if not same:
+            raise NeuroprobeError(f"{out} was made with other settings; pass --overwrite to replace it or choose "
+                                  "another --out")
+        return group
+    try:
+        group = zarr.open_group(str(out), mode="w")
+    except OSError as exc:
+        raise NeuroprobeError(f"cannot write {out} ({exc.strerror}); choose a writable --out") from exc
+    group.attrs[kind] = settings
+    group.attrs["data_root"] = str(manifest.root)
+    n = len(manifest)
+    for name, spec in arrays.items():
+        group.create_array(name, shape=(n, *spec.shape), chunks=(rows_per_chunk, *spec.shape), dtype=spec.dtype,
+                           fill_value=spec.fill, dimension_names=("image", *spec.dims))
+    group.create_array("done", shape=(n,), chunks=(rows_per_chunk,), dtype="bool", fill_value=False,
+                       dimension_names=("image",))
+    images = group.create_group("images")
+    images.create_array("path", shape=(n,), dtype=str)[:] = manifest.table["path"].astype(str).to_numpy(dtype=object)
+    images.create_array("status", shape=(n,), chunks=(rows_per_chunk,), dtype=str, fill_value="pending")
+    images.create_array("reason", shape=(n,), chunks=(rows_per_chunk,), dtype=str, fill_value="")
+    return group
+
+
+def mark_done(group: zarr.Group, rows, ok, reasons) -> None:
+    """Record status and reason of ``rows`` and mark them finished (after their maps are written)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    ok = np.asarray(ok, dtype=bool)
+    group["images/status"].oindex[rows] = np.where(ok, "ok", "error").astype(object)
+    group["images/reason"].oindex[rows] = np.asarray(list(reasons), dtype=object)
+    group["done"].oindex[rows] = True

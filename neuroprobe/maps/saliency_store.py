@@ -1,0 +1,109 @@
+"""Attribution maps of every image of a dataset, batch by batch, into a resumable Zarr store.
+
+Layout: ``map`` (image, y, x) float32 at the input's resolution (the method's channel reduction
+and rectification are in its attributes), ``target``, ``predicted`` (image) int64 and ``score``,
+``probability`` (image) of the target class; with ``raw=True`` also the signed ``raw`` tensor.
+``images/`` and ``done`` as in every map store (:mod:`neuroprobe.maps.map_store`).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+import zarr
+
+from ..data import ImageDataset, Manifest, read_manifest
+from ..errors import NeuroprobeError
+from ..extract import resolve_device
+from ..models import LoadedModel, load_model
+from .map_store import ArraySpec, as_json, mark_done, open_map_store
+from .methods import LAYER_METHODS, attribute, check_methods, last_spatial_layer
+
+log = logging.getLogger(__name__)
+DEFAULT_TARGET_COLUMN = "class_index"
+
+
+def target_column(manifest: Manifest, target: str | None, classes: int) -> np.ndarray | None:
+    """Class index per image from a manifest column, or None for the model's prediction.
+
+    ``target`` None picks ``class_index`` when the manifest has it, else the prediction.
+    """
+    if target is None:
+        target = DEFAULT_TARGET_COLUMN if DEFAULT_TARGET_COLUMN in manifest.table.columns else "prediction"
+    if target == "prediction":
+        return None
+    if target not in manifest.table.columns:
+        raise NeuroprobeError(f"the image table has no column '{target}' (columns: "
+                              f"{', '.join(map(str, manifest.table.columns))}); pass --target prediction or a column "
+                              "of class indices")
+    values = manifest.table[target]
+    numbers = np.asarray(values, dtype=np.float64) if np.issubdtype(values.dtype, np.number) else None
+    if numbers is None or np.isnan(numbers).any() or (numbers != np.round(numbers)).any() or \
+            numbers.min() < 0 or numbers.max() >= classes:
+        raise NeuroprobeError(f"column '{target}' must hold class indices 0..{classes - 1} of the model's output "
+                              "for every image; pass --target prediction or another column")
+    return numbers.astype(np.int64)
+
+
+def saliency(model: str | LoadedModel, data: str | Path | Manifest, out: str | Path, method: str = "gradcam", *,
+             weights: str | None = None, layer: str | None = None, target: str | None = None, batch_size: int = 16,
+             device: str | None = None, raw: bool = False, overwrite: bool = False, **options) -> Path:
+    """Maps of ``method`` for every image of ``data`` (target: a class-index column or the prediction)."""
+    (method,) = check_methods([method])
+    loaded = model if isinstance(model, LoadedModel) else load_model(model, weights)
+    manifest = data if isinstance(data, Manifest) else read_manifest(data)
+    dev = resolve_device(device)
+    module = loaded.module.to(dev).eval()
+    crop = loaded.preprocessing.crop
+    blank = torch.zeros(1, 3, crop, crop, device=dev)
+    with torch.no_grad():
+        classes = module(blank).shape[1]
+    columns = target_column(manifest, target, classes)
+    if method in LAYER_METHODS:
+        layer = layer or last_spatial_layer(module, blank)
+    elif layer is not None:
+        raise NeuroprobeError(f"--layer is for {' and '.join(LAYER_METHODS)}; {method} maps the input")
+    probe = attribute(module, blank, 0, method, layer=layer, **options)
+    arrays = {"map": ArraySpec((crop, crop), ("y", "x")),
+              "target": ArraySpec((), (), "int64", -1), "predicted": ArraySpec((), (), "int64", -1),
+              "score": ArraySpec((), ()), "probability": ArraySpec((), ())}
+    if raw:
+        arrays["raw"] = ArraySpec(tuple(probe.raw.shape[2:]), tuple(f"raw_{i}" for i in range(probe.raw.ndim - 2)))
+    settings = {"model": loaded.name, "provenance": loaded.provenance, "method": method, "layer": layer,
+                "target": "prediction" if columns is None else (target or DEFAULT_TARGET_COLUMN),
+                "options": options, "raw": raw, "image_size": crop, "data": manifest.fingerprint()}
+    group = open_map_store(Path(out), "saliency", settings, manifest, arrays, overwrite, rows_per_chunk=batch_size)
+    group["map"].attrs["reduction"] = probe.reduction
+    pending = np.flatnonzero(~group["done"][:])
+    log.info("%s maps: %d of %d images to do", method, len(pending), len(manifest))
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ImageDataset(manifest, loaded.preprocessing), pending),
+                                         batch_size=batch_size)
+    finished = 0
+    for rows, images, ok, reasons in loader:
+        rows, ok = rows.numpy(), ok.numpy()
+        if ok.any():
+            _write(group, rows[ok], module, loaded.preprocessing.normalize(images[torch.from_numpy(ok)].to(dev)),
+                   columns, method, layer, raw, options)
+        mark_done(group, rows, ok, reasons)
+        finished += len(rows)
+        log.info("%d/%d images", finished, len(pending))
+    zarr.consolidate_metadata(str(out))
+    return Path(out)
+
+
+def _write(group: zarr.Group, rows: np.ndarray, module, x: torch.Tensor, columns, method: str, layer, raw: bool,
+           options: dict) -> None:
+    with torch.no_grad():
+        logits = module(x)
+    predicted = logits.argmax(1)
+    targets = predicted if columns is None else torch.as_tensor(columns[rows], device=x.device)
+    result = attribute(module, x, targets, method, layer=layer, **options)
+    values = {"map": result.map[:, 0], "target": targets, "predicted": predicted,
+              "score": logits.gather(1, targets[:, None])[:, 0],
+              "probability": logits.softmax(1).gather(1, targets[:, None])[:, 0]}
+    if raw:
+        values["raw"] = result.raw[:, 0]
+    for name, value in values.items():
+        group[name].oindex[rows] = value.detach().cpu().numpy()
