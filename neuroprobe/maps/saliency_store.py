@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import zarr
 
@@ -39,7 +40,7 @@ def target_column(manifest: Manifest, target: str | None, classes: int) -> np.nd
                               f"{', '.join(map(str, manifest.table.columns))}); pass --target prediction or a column "
                               "of class indices")
     values = manifest.table[target]
-    numbers = np.asarray(values, dtype=np.float64) if np.issubdtype(values.dtype, np.number) else None
+    numbers = np.asarray(values, dtype=np.float64) if pd.api.types.is_numeric_dtype(values) else None
     if numbers is None or np.isnan(numbers).any() or (numbers != np.round(numbers)).any() or \
             numbers.min() < 0 or numbers.max() >= classes:
         raise NeuroprobeError(f"column '{target}' must hold class indices 0..{classes - 1} of the model's output "
