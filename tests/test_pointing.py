@@ -156,13 +156,16 @@ def test_summarize_scores_t_interval():
     a, b = rng.random(30), (rng.random(12) < 0.7).astype(float)
     frame = pd.DataFrame({"method": ["a"] * 33 + ["b"] * 12,
                           "score": np.concatenate([a, [np.nan] * 3, b])})
-    summary = summarize_scores(frame).set_index("method")
+    summary = summarize_scores(frame, bounds=None).set_index("method")
     for name, values, excluded in [("a", a, 3), ("b", b, 0)]:
         half = stats.t.ppf(0.975, len(values) - 1) * np.std(values, ddof=1) / math.sqrt(len(values))
         row = summary.loc[name]
         assert row.n == len(values) and row.excluded == excluded
         assert row["mean"] == pytest.approx(values.mean())
         assert (row.ci_low, row.ci_high) == pytest.approx((values.mean() - half, values.mean() + half))
+    hits = pd.DataFrame({"method": "c", "score": [1.0] * 19 + [0.0]})   # t-interval reaches past 1
+    clipped, raw = summarize_scores(hits).iloc[0], summarize_scores(hits, bounds=None).iloc[0]
+    assert raw.ci_high > 1 and clipped.ci_high == 1 and clipped.ci_low == pytest.approx(raw.ci_low)
     frame["layer"] = "x"
     assert list(summarize_scores(frame, by=["method", "layer"]).columns) == [
         "method", "layer", "n", "excluded", "mean", "ci_low", "ci_high"]

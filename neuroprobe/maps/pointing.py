@@ -162,12 +162,12 @@ def energy_pointing_game(attribution, target_mask) -> np.ndarray:
 
 
 def summarize_scores(frame: pd.DataFrame, by: str | Sequence[str] = "method", value: str = "score",
-                     confidence: float = 0.95) -> pd.DataFrame:
+                     confidence: float = 0.95, bounds: tuple[float, float] | None = (0.0, 1.0)) -> pd.DataFrame:
     """Mean score per group with a Student-t confidence interval, NaNs excluded and counted.
 
     Interval: mean +/- t_{(1+confidence)/2, n-1} * sd / sqrt(n) over the n non-NaN scores (sd with
-    n - 1 degrees of freedom; NaN when n < 2). Columns: the ``by`` columns, n, excluded, mean,
-    ci_low, ci_high.
+    n - 1 degrees of freedom; NaN when n < 2), clipped to ``bounds`` (the scores here are shares and
+    hits in [0, 1]; None: no clipping). Columns: the ``by`` columns, n, excluded, mean, ci_low, ci_high.
     """
     keys = [by] if isinstance(by, str) else list(by)
     missing = [c for c in keys + [value] if c not in frame.columns]
@@ -181,4 +181,7 @@ def summarize_scores(frame: pd.DataFrame, by: str | Sequence[str] = "method", va
         mean = kept.mean() if n else np.nan
         half = stats.t.ppf((1 + confidence) / 2, n - 1) * kept.std(ddof=1) / np.sqrt(n) if n > 1 else np.nan
         rows.append((*key, n, len(scores) - n, mean, mean - half, mean + half))
-    return pd.DataFrame(rows, columns=keys + ["n", "excluded", "mean", "ci_low", "ci_high"])
+    out = pd.DataFrame(rows, columns=keys + ["n", "excluded", "mean", "ci_low", "ci_high"])
+    if bounds is not None:
+        out[["ci_low", "ci_high"]] = out[["ci_low", "ci_high"]].clip(*bounds)
+    return out
