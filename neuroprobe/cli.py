@@ -196,7 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "classes (Böhle et al. 2022) and scores each method's map for every cell's class: "
                                    "'grid' = share of positive attribution in that cell (uniform map: 1/grid^2), "
                                    "'pointing' = maximum within 15 px of the cell. Writes scores.csv, summary.csv "
-                                   "(mean and 95%% t-interval per method), mosaics.csv and examples.png.")
+                                   "(mean and 95% t-interval per method), mosaics.csv, predictions.csv and "
+                                   "examples.png. Cost per mosaic and method: one pass per batch for gradient, "
+                                   "guided, gradcam and dff; --samples passes for smoothgrad; (--iterations + 1) "
+                                   "passes per cell for feedback and global.")
     _model_args(p)
     p.add_argument("--data", required=True, help="folder of images or CSV with a 'path' column and class indices")
     p.add_argument("--methods", default="gradient,guided,smoothgrad,gradcam,dff,feedback,global",

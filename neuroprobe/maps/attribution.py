@@ -111,7 +111,10 @@ def batched_grad(scores: torch.Tensor, wrt: torch.Tensor) -> torch.Tensor:
 def _input_gradient(model: nn.Module, x: torch.Tensor, targets, target_layer: str | None, rewrite) -> tuple:
     targets = as_targets(targets, len(x), x.device)
     x = x.detach().requires_grad_(True)
-    with torch.enable_grad(), ActivationRewrite(rewrite or plain):
+    # The rewrite (every activation out of place) is needed to change gradients (guided) or to keep a
+    # pre-activation in the graph (unit targets); a plain class gradient runs the model as it is.
+    rewrite = rewrite or (plain if target_layer else None)
+    with torch.enable_grad(), ActivationRewrite(rewrite) if rewrite else contextlib.nullcontext():
         scores = _Scorer(model, target_layer)(x, targets)
     grads = batched_grad(scores, x)                    # (T, B, C, H, W)
     return grads.transpose(0, 1), targets
@@ -161,16 +164,46 @@ def smoothgrad(model: nn.Module, x: torch.Tensor, targets, *, samples: int = 50,
                        "max over channels of the mean |gradient| over noisy copies")
 
 
+def _scores_from_layer(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, layer: str):
+    """Class scores with the autograd graph starting at ``layer``'s output (its last call): the forward
+    pass up to the layer runs without recording, as an inference pass does."""
+    module = Capture(model, [layer], lambda *_: None).modules[layer]   # unknown names: the capture's error
+    kept: dict[str, torch.Tensor] = {}
+
+    def start_graph(_module, _args, out):
+        if not isinstance(out, torch.Tensor):
+            raise NeuroprobeError(f"layer '{layer}' does not return one tensor; choose a conv layer")
+        torch.set_grad_enabled(True)          # from here on, until the no_grad block below exits
+        kept["value"] = out.detach().requires_grad_(True)
+        return kept["value"] * 1              # a non-leaf copy: later in-place ops (x += identity) stay legal
+
+    handle = module.register_forward_hook(start_graph)
+    try:
+        with torch.no_grad():
+            out = model(x.detach())
+    finally:
+        handle.remove()
+    if not isinstance(out, torch.Tensor) or out.ndim != 2:
+        raise NeuroprobeError("the model does not return (batch, classes) scores; pass target_layer to "
+                              "attribute to units of a layer instead")
+    if targets.max() >= out.shape[1] or targets.min() < 0:
+        raise NeuroprobeError(f"target index out of range: there are {out.shape[1]} classes")
+    return out.gather(1, targets), kept["value"]
+
+
 def gradcam(model: nn.Module, x: torch.Tensor, targets, layer: str, *, relu: bool = True, upsample: bool = True,
             pre_activation: bool = False, target_layer: str | None = None) -> Attribution:
     """Selvaraju et al.: channel weights = spatial mean of d score / d A for the layer's output A (its
     pre-activation with ``pre_activation``); raw = sum_k w_k A_k at the layer's resolution; map = its
     ReLU (``relu``) upsampled bilinearly to the input. Backward stops at the layer."""
     targets = as_targets(targets, len(x), x.device)
-    scorer = _Scorer(model, target_layer, layers=[layer], post_activation=not pre_activation)
-    with torch.enable_grad(), ActivationRewrite(plain):
-        scores = scorer(x.detach(), targets)
-        activation = scorer.values[layer]
+    if pre_activation or target_layer:
+        scorer = _Scorer(model, target_layer, layers=[layer], post_activation=not pre_activation)
+        with torch.enable_grad(), ActivationRewrite(plain):
+            scores = scorer(x.detach(), targets)
+            activation = scorer.values[layer]
+    else:
+        scores, activation = _scores_from_layer(model, x, targets, layer)
     if activation.ndim != 4:
         raise NeuroprobeError(f"layer '{layer}' has no spatial map (shape {tuple(activation.shape)}); choose a conv layer")
     grads = batched_grad(scores, activation)           # (T, B, K, h, w)

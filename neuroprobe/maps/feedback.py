@@ -39,15 +39,42 @@ class _Gates:
         return out * self.z[call]
 
 
+class _TraceNorm(torch.autograd.Function):
+    """sum_i keep_i * sqrt(s_i^2 + mu) per image, from one eigendecomposition of the smaller Gram matrix
+    (float64 when float32 fails to converge). The backward is its closed form, U diag(keep / sqrt(s^2 +
+    mu)) U^T Z (or Z U ... U^T): no gradient flows through the eigensolver, whose backward is unstable
+    for the repeated eigenvalues that constant gate matrices have."""
+
+    @staticmethod
+    def forward(ctx, matrix: torch.Tensor, mu: float, energy: float) -> torch.Tensor:
+        tall = matrix.shape[1] > matrix.shape[2]
+        m = matrix.detach()
+        gram = m.transpose(1, 2) @ m if tall else m @ m.transpose(1, 2)      # in the gates' precision
+        try:
+            squares, vectors = torch.linalg.eigh(gram)
+        except torch.linalg.LinAlgError:        # float32 LAPACK can fail on constant gates: float64 does not
+            squares, vectors = torch.linalg.eigh(gram.double())
+        squares, vectors = squares.flip(1).clamp(min=0), vectors.flip(2)                  # s^2, descending
+        share = squares.cumsum(1) / squares.sum(1, keepdim=True).clamp(min=1e-300)
+        keep = torch.cat([torch.ones_like(share[:, :1], dtype=torch.bool), share[:, :-1] < energy], dim=1)
+        roots = torch.sqrt(squares + mu)
+        ctx.save_for_backward(m, vectors, (keep / roots).to(vectors.dtype))
+        ctx.tall = tall
+        return (roots * keep).sum(1).to(matrix.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        m, vectors, weights = ctx.saved_tensors
+        projector = ((vectors * weights[:, None, :]) @ vectors.transpose(1, 2)).to(m.dtype)
+        out = m @ projector if ctx.tall else projector @ m
+        return out * grad.to(m.dtype)[:, None, None], None, None
+
+
 def trace_norm_penalty(z: torch.Tensor, mu: float = 1e-3, energy: float = 0.95) -> torch.Tensor:
     """Per image: tr(g) = sum over kept singular values s of Z (gates as channels x positions) of
-    sqrt(s^2 + mu), from the eigenvalues of the smaller Gram matrix (Z Z^T or Z^T Z)."""
+    sqrt(s^2 + mu), keeping the largest ones that hold ``energy`` of sum s^2 (the minor ones dropped)."""
     matrix = z.flatten(2) if z.ndim > 2 else z[:, :, None]
-    gram = matrix @ matrix.transpose(1, 2) if matrix.shape[1] <= matrix.shape[2] else matrix.transpose(1, 2) @ matrix
-    squares = torch.linalg.eigvalsh(gram).flip(1).clamp(min=0)              # s^2, descending
-    share = squares.cumsum(1) / squares.sum(1, keepdim=True).clamp(min=1e-12)
-    keep = torch.cat([torch.ones_like(share[:, :1], dtype=torch.bool), share[:, :-1] < energy], dim=1)
-    return (torch.sqrt(squares + mu) * keep).sum(1)
+    return _TraceNorm.apply(matrix, mu, energy)
 
 
 def _gated_attribution(model: nn.Module, x: torch.Tensor, targets, *, method: str, iterations: int, lam: float,
