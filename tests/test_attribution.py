@@ -4,7 +4,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from torchvision.models import resnet18, vgg11
 
 from references import bn, resnet_block

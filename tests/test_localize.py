@@ -8,13 +8,11 @@ scores with plain loops over the cell rectangles.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-import torch.nn.functional as F
 from scipy import stats
 
 from neuroprobe.cli import main

@@ -8,6 +8,7 @@ in the group's attributes under ``kind``; reopening with other settings is refus
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,3 +74,11 @@ def mark_done(group: zarr.Group, rows, ok, reasons) -> None:
     group["images/status"].oindex[rows] = np.where(ok, "ok", "error").astype(object)
     group["images/reason"].oindex[rows] = np.asarray(list(reasons), dtype=object)
     group["done"].oindex[rows] = True
+
+
+def consolidate(out: Path) -> None:
+    """Consolidated metadata, so that xarray opens the store with one read (zarr warns that the v3
+    spec does not define it yet; xarray reads it all the same)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        zarr.consolidate_metadata(str(out))

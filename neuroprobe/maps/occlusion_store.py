@@ -13,14 +13,13 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import zarr
 
 from ..capture import probe
 from ..data import ImageDataset, Manifest, read_manifest
 from ..errors import NeuroprobeError
 from ..extract import resolve_device
 from ..models import LoadedModel, load_model
-from .map_store import ArraySpec, as_json, mark_done, open_map_store
+from .map_store import ArraySpec, consolidate, as_json, mark_done, open_map_store
 from .occlusion import discrepancy_maps, occluder_positions
 
 log = logging.getLogger(__name__)
@@ -69,5 +68,5 @@ def occlude(model: str | LoadedModel, data: str | Path | Manifest, layer: str, o
         mark_done(group, [row], [ok], [reason])
         log.info("image %d/%d (%s)%s", count, len(pending), manifest.table["path"].iat[row],
                  "" if ok else f": skipped, {reason}")
-    zarr.consolidate_metadata(str(out))
+    consolidate(Path(out))
     return Path(out)

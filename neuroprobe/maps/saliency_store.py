@@ -19,7 +19,7 @@ from ..data import ImageDataset, Manifest, read_manifest
 from ..errors import NeuroprobeError
 from ..extract import resolve_device
 from ..models import LoadedModel, load_model
-from .map_store import ArraySpec, as_json, mark_done, open_map_store
+from .map_store import ArraySpec, consolidate, mark_done, open_map_store
 from .methods import LAYER_METHODS, attribute, check_methods, last_spatial_layer
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ def saliency(model: str | LoadedModel, data: str | Path | Manifest, out: str | P
         mark_done(group, rows, ok, reasons)
         finished += len(rows)
         log.info("%d/%d images", finished, len(pending))
-    zarr.consolidate_metadata(str(out))
+    consolidate(Path(out))
     return Path(out)
 
 
