@@ -27,7 +27,7 @@ from .capture import Capture, LayerInfo, probe
 from .data import MAX_PIXELS, ImageDataset, Manifest, read_manifest
 from .distributed import Distributed
 from .errors import NeuroprobeError
-from .malloc import keep_freed_memory
+from .malloc import keep_freed_memory_on_cpu
 from .models import LoadedModel, load_model
 from .reduce import STATS, pool_units
 from .store import Store, default_chunk_size
@@ -115,8 +115,7 @@ def extract(model: str | LoadedModel, data: str | Path | Manifest, layers: Seque
     loaded = model if isinstance(model, LoadedModel) else load_model(model, weights)
     dist = Distributed.from_environment()
     dev = resolve_device(device, dist.local_rank)
-    if dev.type == "cpu":
-        keep_freed_memory()
+    keep_freed_memory_on_cpu(dev)
     module = loaded.module.to(dev).eval()
     if channels_last:
         module = module.to(memory_format=torch.channels_last)

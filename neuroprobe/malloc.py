@@ -2,13 +2,14 @@
 
 On Linux/glibc each forward pass mmaps and unmaps its large activation buffers, and the page
 faults that follow dominate CPU inference (measured: EfficientNet-Lite0 24 -> 85 img/s on 2
-cores). The CLI calls :func:`keep_freed_memory` at start-up and :func:`neuroprobe.extract` before a
-CPU run; set NEUROPROBE_NO_MALLOPT=1 to opt out. The heap is trimmed only above 2 GiB (mallopt takes
+cores). The CLI calls :func:`keep_freed_memory` at start-up, and the library before any CPU run
+(extraction, occlusion, attribution); set NEUROPROBE_NO_MALLOPT=1 to opt out. The heap is trimmed only above 2 GiB (mallopt takes
 an int), so a CPU run whose freed buffers exceed that still returns the excess to the OS.
 """
 from __future__ import annotations
 
 import ctypes
+import functools
 import ctypes.util
 import logging
 import os
@@ -18,8 +19,9 @@ log = logging.getLogger(__name__)
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
 
 
+@functools.cache
 def keep_freed_memory() -> bool:
-    """Serve large allocations from the heap and never trim it; True when applied."""
+    """Serve large allocations from the heap and never trim it; True when applied (once per process)."""
     if not sys.platform.startswith("linux") or os.environ.get("NEUROPROBE_NO_MALLOPT"):
         return False
     try:
@@ -29,3 +31,9 @@ def keep_freed_memory() -> bool:
         return False
     log.debug("glibc malloc: mmap off, trim off (%s)", applied)
     return applied
+
+
+def keep_freed_memory_on_cpu(device) -> None:
+    """:func:`keep_freed_memory` when ``device`` is the CPU (GPU runs leave host malloc alone)."""
+    if getattr(device, "type", str(device)).startswith("cpu"):
+        keep_freed_memory()

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import NeuroprobeError
+from ..malloc import keep_freed_memory_on_cpu
 from .attribution import PASS_BUDGET, Attribution, as_targets, gradcam, gradient, guided_backprop, smoothgrad
 from .dff import dff
 from .feedback import feedback, global_perception
@@ -68,6 +69,7 @@ def attribute(model: nn.Module, x: torch.Tensor, targets, method: str, *, layer:
     Extra ``options`` go to the method (e.g. samples=, iterations=, relu=).
     """
     (name,) = check_methods([method])
+    keep_freed_memory_on_cpu(x.device)
     targets = as_targets(targets, len(x), x.device)
     if batch_size and len(x) > batch_size:
         parts = [attribute(model, x[i:i + batch_size], targets[i:i + batch_size], name, layer=layer, **options)

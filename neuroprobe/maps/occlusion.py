@@ -24,6 +24,7 @@ from torchvision.transforms.functional import gaussian_blur
 from ..capture import Capture, probe
 from ..errors import NeuroprobeError
 from ..extract import _autocast, resolve_device
+from ..malloc import keep_freed_memory_on_cpu
 from ..models import LoadedModel
 from .receptive_field import theoretical_receptive_fields
 
@@ -154,6 +155,7 @@ def discrepancy_maps(model: LoadedModel | nn.Module, images: torch.Tensor, layer
     if stride > window:
         log.warning("stride %d > window %d: the occluders leave pixels uncovered (NaN in the pixel view)", stride, window)
     dev = resolve_device(device)
+    keep_freed_memory_on_cpu(dev)
     module, pixels, normalize, value_range = _inputs(model, images, dev)
     module = module.to(dev).eval()
     height, width = pixels.shape[-2:]
