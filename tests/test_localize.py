@@ -148,3 +148,20 @@ def test_localize_cli_refuses_a_missing_label_column(tmp_path, capsys):
                  "--out", str(tmp_path / "x")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "no column 'label'" in err[0]
+
+
+def test_localize_cli_records_and_skips_a_corrupt_image(tmp_path):
+    table = pd.read_csv(SAMPLE_CSV).iloc[:8].reset_index(drop=True)
+    for path in table.path:
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_bytes((SAMPLE_CSV.parent / path).read_bytes())
+    (tmp_path / table.path[2]).write_bytes(b"\xff\xd8 truncated jpeg")
+    table.to_csv(tmp_path / "labels.csv", index=False)
+    out = tmp_path / "loc"
+    code = main(["localize", "--data", str(tmp_path / "labels.csv"), "--methods", "gradcam", "--n", "2",
+                 "--cell-size", "112", "--device", "cpu", "--out", str(out)])
+    predictions = pd.read_csv(out / "predictions.csv")
+    mosaics = pd.read_csv(out / "mosaics.csv")
+    assert code == 0
+    assert predictions.status[2] == "error" and not predictions.correct[2] and predictions.reason[2]
+    assert 2 not in set(mosaics.image) and predictions.set_index("image").loc[mosaics.image, "correct"].all()
