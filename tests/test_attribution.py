@@ -222,3 +222,19 @@ def test_feedback_and_global_perception_gate_the_gradient(resnet, inputs):
         share = float(result.reduction.split("; ")[1].split("%")[0]) / 100
         assert 0 < share < 1
         assert not torch.allclose(result.map, plain.map)
+
+
+def test_gates_cover_every_activation_call_of_resnet(resnet, inputs):
+    """torchvision's ResNet reuses one in-place ReLU per block: 1 + 8 x 2 = 17 activation calls, each
+    gated separately; with open gates (0 iterations) the map is exactly the plain gradient."""
+    from neuroprobe.maps.activations import ActivationRewrite
+    from neuroprobe.maps.attribution import _Scorer
+    from neuroprobe.maps.feedback import _Gates
+
+    gates = _Gates()
+    with torch.enable_grad(), ActivationRewrite(gates):
+        _Scorer(resnet)(inputs, torch.tensor([[3], [4]]))
+    assert len(gates.z) == 17
+    shapes = sorted(tuple(z.shape[1:]) for z in gates.z.values())
+    assert shapes.count((64, 16, 16)) == 4 and shapes.count((512, 2, 2)) == 4
+    close(feedback(resnet, inputs, [3, 4], iterations=0).map, gradient(resnet, inputs, [3, 4]).map, rtol=1e-6)
