@@ -7,8 +7,6 @@ process, to show that nothing but the one error line reaches stderr.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import re
 import shutil
@@ -22,55 +20,17 @@ import torch
 import zarr
 from PIL import Image
 
-from neuroprobe.cli import main
-
+from resnet_cli_fixtures import BAD_ROW, data3, loaded, run_main, weights  # noqa: F401 (fixtures)
 from helpers_robustness import cli, one_line_error, tree_digest
 
 LAYER, UNITS, WINDOW, STRIDE = "layer1", [0, 1, 2], 32, 32
 POSITIONS = list(range(0, 224 - WINDOW + 1, STRIDE))          # [0, 32, ..., 192]: 7 per axis
-BAD_ROW = 1                                                    # the corrupt file's row in the CSV
 RF_LAYERS, RF_UNITS, RF_K, RF_WINDOW = ["layer1", "layer2"], [0, 1], 2, 56   # 4x4 occluders tile 224 px
-
-
-def run_main(args: list) -> tuple[int, str, str]:
-    """``python -m neuroprobe ARGS`` in this process: (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in args])
-    return code, out.getvalue(), err.getvalue()
 
 
 def occlude_args(weights, csv, out, *extra) -> list:
     return ["occlude", "--model", "resnet18", "--weights", weights, "--layer", LAYER, "--data", csv,
             "--units", *UNITS, "--window", WINDOW, "--stride", STRIDE, "--device", "cpu", "--out", out, *extra]
-
-
-@pytest.fixture(scope="module")
-def weights(random_weights) -> Path:
-    return random_weights("resnet18")
-
-
-@pytest.fixture(scope="module")
-def loaded(weights):
-    from neuroprobe import load_model
-
-    return load_model("resnet18", str(weights))
-
-
-@pytest.fixture(scope="module")
-def data3(small_csv, tmp_path_factory) -> Path:
-    """Three images copied beside a CSV; the copy at BAD_ROW is overwritten with garbage bytes."""
-    table = pd.read_csv(small_csv).iloc[:3].reset_index(drop=True)
-    folder = tmp_path_factory.mktemp("occlude-data")
-    for row, path in enumerate(table.path):
-        target = folder / path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        content = (small_csv.parent / path).read_bytes()
-        if row == BAD_ROW:
-            content = np.random.default_rng(3).integers(0, 256, 5000, dtype=np.uint8).tobytes()
-        target.write_bytes(content)
-    table.to_csv(folder / "labels.csv", index=False)
-    return folder / "labels.csv"
 
 
 @pytest.fixture(scope="module")

@@ -4,51 +4,13 @@ ResNet-18 with seeded random weights from a file, three images of which one is c
 """
 from __future__ import annotations
 
-import contextlib
-import io
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 import zarr
 
-from neuroprobe.cli import main
-
-BAD_ROW = 1
-
-
-def run_main(args: list) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in args])
-    return code, out.getvalue(), err.getvalue()
-
-
-@pytest.fixture(scope="module")
-def weights(random_weights) -> Path:
-    return random_weights("resnet18")
-
-
-@pytest.fixture(scope="module")
-def loaded(weights):
-    from neuroprobe import load_model
-
-    return load_model("resnet18", str(weights))
-
-
-@pytest.fixture(scope="module")
-def data3(small_csv, tmp_path_factory) -> Path:
-    table = pd.read_csv(small_csv).iloc[:3].reset_index(drop=True)
-    folder = tmp_path_factory.mktemp("saliency-data")
-    for row, path in enumerate(table.path):
-        target = folder / path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        content = (small_csv.parent / path).read_bytes()
-        target.write_bytes(content if row != BAD_ROW else b"not an image" * 100)
-    table.to_csv(folder / "labels.csv", index=False)
-    return folder / "labels.csv"
+from resnet_cli_fixtures import BAD_ROW, data3, loaded, run_main, weights  # noqa: F401 (fixtures)
 
 
 def saliency_args(weights, csv, out, *extra) -> list:

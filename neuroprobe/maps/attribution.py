@@ -51,6 +51,16 @@ def as_targets(targets, batch: int, device) -> torch.Tensor:
     return t
 
 
+def _gather_scores(out, targets: torch.Tensor) -> torch.Tensor:
+    """(B, T) scores of the targets from (B, classes or units) outputs, with one-line errors."""
+    if not isinstance(out, torch.Tensor) or out.ndim != 2:
+        raise NeuroprobeError("the model does not return (batch, classes) scores; pass target_layer to "
+                              "attribute to units of a layer instead")
+    if targets.max() >= out.shape[1] or targets.min() < 0:
+        raise NeuroprobeError(f"target index out of range: there are {out.shape[1]} classes or units")
+    return out.gather(1, targets)
+
+
 class _Scorer:
     """Forward pass to the target scores (B, T): class logits, or units' mean pre-activation of a
     layer (the pass then stops there), plus the values of ``layers`` kept in the autograd graph.
@@ -86,12 +96,7 @@ class _Scorer:
             if self.target_layer not in self.units:
                 raise NeuroprobeError(f"layer '{self.target_layer}' did not run in the forward pass")
             out = self.units[self.target_layer].flatten(2).mean(2)
-        if not isinstance(out, torch.Tensor) or out.ndim != 2:
-            raise NeuroprobeError("the model does not return (batch, classes) scores; pass target_layer to "
-                                  "attribute to units of a layer instead")
-        if targets.max() >= out.shape[1] or targets.min() < 0:
-            raise NeuroprobeError(f"target index out of range: there are {out.shape[1]} classes or units")
-        return out.gather(1, targets)
+        return _gather_scores(out, targets)
 
 
 def batched_grad(scores: torch.Tensor, wrt: torch.Tensor) -> torch.Tensor:
@@ -183,12 +188,7 @@ def _scores_from_layer(model: nn.Module, x: torch.Tensor, targets: torch.Tensor,
             out = model(x.detach())
     finally:
         handle.remove()
-    if not isinstance(out, torch.Tensor) or out.ndim != 2:
-        raise NeuroprobeError("the model does not return (batch, classes) scores; pass target_layer to "
-                              "attribute to units of a layer instead")
-    if targets.max() >= out.shape[1] or targets.min() < 0:
-        raise NeuroprobeError(f"target index out of range: there are {out.shape[1]} classes")
-    return out.gather(1, targets), kept["value"]
+    return _gather_scores(out, targets), kept["value"]
 
 
 def gradcam(model: nn.Module, x: torch.Tensor, targets, layer: str, *, relu: bool = True, upsample: bool = True,

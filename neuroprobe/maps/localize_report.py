@@ -21,7 +21,7 @@ from .figures import grid_pointing_figure
 from .localize import GridPointingGame, score_mosaics
 from .methods import check_methods
 from .pointing import make_mosaics
-from .saliency_store import target_column
+from .saliency_store import output_classes, target_column
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +65,8 @@ def localize(model: str | LoadedModel, data: str | Path | Manifest, out: str | P
     if label_column == "prediction":
         raise NeuroprobeError("the grid pointing game needs true labels; pass --label-column naming a column of "
                               "class indices")
-    crop = loaded.preprocessing.crop
-    with torch.no_grad():
-        classes = loaded.module.to(resolve_device(device)).eval()(
-            torch.zeros(1, 3, crop, crop, device=resolve_device(device))).shape[1]
+    dev = resolve_device(device)
+    classes = output_classes(loaded.module.to(dev).eval(), loaded.preprocessing.crop, dev)
     labels = target_column(manifest, label_column, classes)
     predictions = predict_manifest(loaded, manifest, device=device)
     predictions["label"] = labels

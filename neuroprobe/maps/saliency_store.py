@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 import zarr
 
+from ..capture import Capture
 from ..data import ImageDataset, Manifest, read_manifest
 from ..errors import NeuroprobeError
 from ..extract import resolve_device
@@ -24,6 +25,12 @@ from .methods import LAYER_METHODS, attribute, check_methods, last_spatial_layer
 
 log = logging.getLogger(__name__)
 DEFAULT_TARGET_COLUMN = "class_index"
+
+
+def output_classes(module: torch.nn.Module, crop: int, device: torch.device) -> int:
+    """How many scores the model returns per image (one blank forward pass)."""
+    with torch.no_grad():
+        return module(torch.zeros(1, 3, crop, crop, device=device)).shape[1]
 
 
 def target_column(manifest: Manifest, target: str | None, classes: int) -> np.ndarray | None:
@@ -59,24 +66,22 @@ def saliency(model: str | LoadedModel, data: str | Path | Manifest, out: str | P
     module = loaded.module.to(dev).eval()
     crop = loaded.preprocessing.crop
     blank = torch.zeros(1, 3, crop, crop, device=dev)
-    with torch.no_grad():
-        classes = module(blank).shape[1]
-    columns = target_column(manifest, target, classes)
+    columns = target_column(manifest, target, output_classes(module, crop, dev))
     if method in LAYER_METHODS:
         layer = layer or last_spatial_layer(module, blank)
+        Capture(module, [layer], lambda *_: None)   # an unknown name fails here, before the store exists
     elif layer is not None:
         raise NeuroprobeError(f"--layer is for {' and '.join(LAYER_METHODS)}; {method} maps the input")
-    probe = attribute(module, blank, 0, method, layer=layer, **options)
     arrays = {"map": ArraySpec((crop, crop), ("y", "x")),
               "target": ArraySpec((), (), "int64", -1), "predicted": ArraySpec((), (), "int64", -1),
               "score": ArraySpec((), ()), "probability": ArraySpec((), ())}
-    if raw:
-        arrays["raw"] = ArraySpec(tuple(probe.raw.shape[2:]), tuple(f"raw_{i}" for i in range(probe.raw.ndim - 2)))
+    if raw:   # the raw tensor's shape, from one call on a blank image (only then: gated methods are costly)
+        shape = attribute(module, blank, 0, method, layer=layer, **options).raw.shape[2:]
+        arrays["raw"] = ArraySpec(tuple(shape), tuple(f"raw_{i}" for i in range(len(shape))))
     settings = {"model": loaded.name, "provenance": loaded.provenance, "method": method, "layer": layer,
                 "target": "prediction" if columns is None else (target or DEFAULT_TARGET_COLUMN),
                 "options": options, "raw": raw, "image_size": crop, "data": manifest.fingerprint()}
     group = open_map_store(Path(out), "saliency", settings, manifest, arrays, overwrite, rows_per_chunk=batch_size)
-    group["map"].attrs["reduction"] = probe.reduction
     pending = np.flatnonzero(~group["done"][:])
     log.info("%s maps: %d of %d images to do", method, len(pending), len(manifest))
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ImageDataset(manifest, loaded.preprocessing), pending),
@@ -101,6 +106,8 @@ def _write(group: zarr.Group, rows: np.ndarray, module, x: torch.Tensor, columns
     predicted = logits.argmax(1)
     targets = predicted if columns is None else torch.as_tensor(columns[rows], device=x.device)
     result = attribute(module, x, targets, method, layer=layer, **options)
+    if "reduction" not in group["map"].attrs:
+        group["map"].attrs["reduction"] = result.reduction
     values = {"map": result.map[:, 0], "target": targets, "predicted": predicted,
               "score": logits.gather(1, targets[:, None])[:, 0],
               "probability": logits.softmax(1).gather(1, targets[:, None])[:, 0]}
