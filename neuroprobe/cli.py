@@ -105,14 +105,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="store to write, e.g. run.zarr")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: %(default)s)")
     p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when present)")
-    p.add_argument("--workers", type=int, default=0, help="image-decoding processes (default: %(default)s; "
-                                                          "use several on a GPU machine)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="image-decoding processes (default: on a GPU, the machine's cores shared among its "
+                        "processes; on the CPU none: a background thread decodes while the model runs)")
+    p.add_argument("--decode", choices=["cpu", "gpu"], default="cpu",
+                   help="where JPEGs are decoded: cpu (PIL, default) or gpu (in batches on the --device, "
+                        "nvjpeg; other formats and what it refuses go to PIL per image)")
     p.add_argument("--post-activation", action="store_true", help="capture the layers' outputs instead")
     p.add_argument("--spatial", nargs="+", default=[], metavar="LAYER",
                    help="also store the full float16 maps (image, unit, y, x) of these layers")
     p.add_argument("--amp", choices=["bf16", "fp16", "none"], default="none",
                    help="autocast the forward pass (statistics are still pooled in float32)")
-    p.add_argument("--channels-last", action="store_true", help="channels_last memory format (faster on GPUs)")
+    p.add_argument("--memory-format", choices=["auto", "channels_last", "contiguous"], default="auto",
+                   help="layout of the model's tensors (default auto: channels_last for convolutional models, "
+                        "measured faster on CPU and GPU)")
+    p.add_argument("--channels-last", action="store_true", help=argparse.SUPPRESS)  # older spelling
     p.add_argument("--chunk-size", type=int, default=None,
                    help="images per store chunk and per resume step (default: 1024, less with --spatial)")
     p.add_argument("--overwrite", action="store_true", help="replace a store made with other settings")
@@ -267,7 +274,8 @@ def _extract(args) -> int:
 
     out = extract(args.model, args.data, args.layers, args.out, weights=args.weights, batch_size=args.batch_size,
                   device=args.device, workers=args.workers, post_activation=args.post_activation,
-                  spatial=args.spatial, amp=args.amp, channels_last=args.channels_last, chunk_size=args.chunk_size,
+                  spatial=args.spatial, amp=args.amp, decode=args.decode,
+                  memory_format="channels_last" if args.channels_last else args.memory_format, chunk_size=args.chunk_size,
                   overwrite=args.overwrite, progress=False if args.no_progress else None,
                   max_pixels=args.max_pixels or MAX_PIXELS,
                   extra_attrs={"command": " ".join(["python -m neuroprobe", *sys.argv[1:]])})

@@ -9,7 +9,6 @@ process takes every N-th pending chunk.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -25,8 +24,10 @@ import torch
 from . import __version__
 from .capture import Capture, LayerInfo, probe
 from .data import MAX_PIXELS, ImageDataset, Manifest, read_manifest
+from .device import AMP_DTYPES, MEMORY_FORMATS, autocast, choose_memory_format, default_workers, resolve_device
 from .distributed import Distributed
 from .errors import NeuroprobeError
+from .loader import DECODERS, image_batches
 from .malloc import keep_freed_memory_on_cpu
 from .models import LoadedModel, load_model
 from .reduce import STATS, pool_units
@@ -34,7 +35,6 @@ from .store import Store, default_chunk_size
 from .writer import ChunkBuffer, ChunkWriter
 
 log = logging.getLogger(__name__)
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -48,6 +48,8 @@ class ExtractionPlan:
     post_activation: bool
     amp: str | None
     chunk_size: int
+    decode: str = "cpu"
+    memory_format: str = "contiguous"
     extra_attrs: dict[str, Any] = field(default_factory=dict)
 
     def attrs(self) -> dict[str, Any]:
@@ -57,6 +59,8 @@ class ExtractionPlan:
             "preprocessing": self.model.preprocessing.to_dict(),
             "capture": "post-activation" if self.post_activation else "pre-activation",
             "amp": self.amp or "none",
+            "decode": self.decode,
+            "memory_format": self.memory_format,
             "manifest_sha256": self.manifest.fingerprint(),
         } | self.extra_attrs
 
@@ -70,41 +74,37 @@ def resume_identity(attrs: dict[str, Any]) -> dict[str, Any]:
     provenance = attrs.get("provenance", {})
     keys = ("preprocessing", "capture", "amp", "manifest_sha256", "layers", "spatial_layers", "chunk_size")
     identity = {k: provenance.get(k) for k in ("model", "weights", "weights_sha256")} | {k: attrs.get(k) for k in keys}
+    identity["decode"] = attrs.get("decode", "cpu")  # decoders differ by a few levels: one per store
     return json.loads(json.dumps(identity))
 
 
-def _autocast(dev: torch.device, amp: str | None):
-    """Autocast to the --amp dtype on ``dev``, or nothing."""
-    return torch.autocast(dev.type, dtype=AMP_DTYPES[amp]) if amp in AMP_DTYPES else contextlib.nullcontext()
-
-
-def resolve_device(device: str | None, local_rank: int = 0) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise NeuroprobeError("--device cuda requested but no CUDA GPU is visible; use --device cpu")
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", local_rank)
-    return dev
-
-
 def extract(model: str | LoadedModel, data: str | Path | Manifest, layers: Sequence[str], out: str | Path, *,
-            weights: str | None = None, batch_size: int = 64, device: str | None = None, workers: int = 0,
-            post_activation: bool = False, spatial: Sequence[str] = (), amp: str | None = None,
-            channels_last: bool = False, chunk_size: int | None = None, overwrite: bool = False,
-            progress: bool | None = None, max_pixels: int = MAX_PIXELS,
-            extra_attrs: dict[str, Any] | None = None) -> Path:
+            weights: str | None = None, batch_size: int = 64, device: str | None = None,
+            workers: int | None = None, post_activation: bool = False, spatial: Sequence[str] = (),
+            amp: str | None = None, memory_format: str = "auto", decode: str = "cpu",
+            chunk_size: int | None = None, overwrite: bool = False, progress: bool | None = None,
+            max_pixels: int = MAX_PIXELS, extra_attrs: dict[str, Any] | None = None,
+            channels_last: bool | None = None) -> Path:
     """Extract pooled statistics of ``layers`` for every image of ``data`` into the store ``out``.
 
     Resumes a store made by the same model/weights/layers/data; refuses a different one unless
     ``overwrite``. Returns the store's path. Read it with :func:`neuroprobe.open_layer`.
+    ``workers=None`` decodes in a background thread on the CPU and in a share of the cores'
+    processes on a GPU; ``memory_format="auto"`` runs convolutional models channels-last;
+    ``decode="gpu"`` decodes JPEGs on the extraction device (see :mod:`neuroprobe.decode`).
+    ``channels_last=True`` is the older spelling of ``memory_format="channels_last"``.
     """
     if amp not in (None, "none", *AMP_DTYPES):
         raise NeuroprobeError(f"unknown --amp '{amp}'; use bf16, fp16 or none")
     amp = None if amp == "none" else amp
     if batch_size < 1:
         raise NeuroprobeError("--batch-size must be at least 1")
+    if decode not in DECODERS:
+        raise NeuroprobeError(f"unknown --decode '{decode}'; use {' or '.join(DECODERS)}")
+    if workers is not None and workers < 0:
+        raise NeuroprobeError("--workers must be 0 or more")
+    if channels_last:
+        memory_format = "channels_last"
     spatial = list(dict.fromkeys(spatial))
     unknown = [s for s in spatial if s not in layers]
     if unknown:
@@ -116,14 +116,15 @@ def extract(model: str | LoadedModel, data: str | Path | Manifest, layers: Seque
     dist = Distributed.from_environment()
     dev = resolve_device(device, dist.local_rank)
     keep_freed_memory_on_cpu(dev)
-    module = loaded.module.to(dev).eval()
-    if channels_last:
-        module = module.to(memory_format=torch.channels_last)
+    fmt = choose_memory_format(loaded.module, memory_format)
+    module = loaded.module.to(dev).eval().to(memory_format=MEMORY_FORMATS[fmt])
     crop = loaded.preprocessing.crop
-    example = torch.zeros(1, 3, crop, crop, device=dev)
+    example = torch.zeros(1, 3, crop, crop, device=dev).contiguous(memory_format=MEMORY_FORMATS[fmt])
     infos = probe(module, layers, example, post_activation)
     plan = ExtractionPlan(loaded, manifest, infos, spatial, post_activation, amp,
-                          chunk_size or default_chunk_size(infos, spatial), extra_attrs or {})
+                          chunk_size or default_chunk_size(infos, spatial), decode, fmt, extra_attrs or {})
+    if workers is None:
+        workers = default_workers(dev, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
     store = _open_or_create(out, plan, dist, overwrite, explicit_chunk=chunk_size is not None)
     pending = store.pending_chunks()
@@ -132,10 +133,10 @@ def extract(model: str | LoadedModel, data: str | Path | Manifest, layers: Seque
     total = len(manifest)
     done_before = total - sum(len(store.chunk_rows(c)) for c in pending)
     if dist.rank == 0:
-        log.info("%s: %d images, %d already done, %d chunks to do over %d process(es)", out, total, done_before,
-                 len(pending), dist.world_size)
+        log.info("%s: %d images, %d already done, %d chunks to do over %d process(es); %s, decode %s, %d worker(s)",
+                 out, total, done_before, len(pending), dist.world_size, fmt, decode, workers)
     if mine:
-        _run(store, plan, module, dev, mine, batch_size, workers, channels_last, progress, max_pixels, dist)
+        _run(store, plan, module, dev, mine, batch_size, workers, progress, max_pixels, dist)
     dist.barrier()
     return out
 
@@ -186,17 +187,14 @@ def _batches(store: Store, chunks: Sequence[int], batch_size: int) -> Iterator[l
 
 
 def _run(store: Store, plan: ExtractionPlan, module: torch.nn.Module, dev: torch.device, chunks: list[int],
-         batch_size: int, workers: int, channels_last: bool, progress: bool | None, max_pixels: int,
-         dist: Distributed) -> None:
-    dataset = ImageDataset(plan.manifest, plan.model.preprocessing, max_pixels)
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=list(_batches(store, chunks, batch_size)), num_workers=workers,
-        pin_memory=dev.type == "cuda", persistent_workers=False,
-        prefetch_factor=4 if workers > 0 else None)
+         batch_size: int, workers: int, progress: bool | None, max_pixels: int, dist: Distributed) -> None:
+    """The loop: decoded batches in, pooled statistics out to chunk buffers, chunks to the writer."""
     cuda = dev.type == "cuda"
     if cuda:
         torch.backends.cudnn.benchmark = True
-    images_todo = sum(len(store.chunk_rows(c)) for c in chunks)
+    batches = image_batches(plan.manifest, plan.model.preprocessing, list(_batches(store, chunks, batch_size)), dev,
+                            workers=workers, decode=plan.decode, max_pixels=max_pixels)
+    fmt = MEMORY_FORMATS[plan.memory_format]
     writer = ChunkWriter(store, plan.layers, plan.spatial, pinned=cuda)
     batch_values: dict[str, torch.Tensor] = {}
 
@@ -205,28 +203,25 @@ def _run(store: Store, plan: ExtractionPlan, module: torch.nn.Module, dev: torch
         if name in plan.spatial:
             batch_values[name + "/spatial"] = value.to(torch.float16, memory_format=torch.contiguous_format, copy=True)
 
-    meter = _Progress(images_todo, progress, dist)
+    meter = _Progress(sum(len(store.chunk_rows(c)) for c in chunks), progress, dist)
     current: ChunkBuffer | None = None
-    autocast = _autocast(dev, plan.amp)
     try:
         with torch.no_grad(), Capture(module, list(plan.layers), on_value, plan.post_activation,
                                       plan=plan.layers) as capture:
-            for rows, images, ok, reasons in loader:
-                first = int(rows[0])
+            for batch in batches:
+                first = batch.rows[0]
                 chunk = first // store.chunk_size
                 if current is None or current.chunk != chunk:
                     if current is not None:
                         writer.submit(current)
                     current = writer.buffer(chunk)
-                x = images.to(dev, non_blocking=True)
-                x = plan.model.preprocessing.normalize(x)
-                if channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
+                x = batch.images.to(dev, non_blocking=True)
+                x = plan.model.preprocessing.normalize(x).contiguous(memory_format=fmt)
                 batch_values.clear()
-                with autocast:
+                with autocast(dev, plan.amp):
                     capture.run(x)
-                current.put(first - store.chunk_rows(chunk).start, batch_values, ok.numpy(), list(reasons))
-                meter.update(len(rows))
+                current.put(first - store.chunk_rows(chunk).start, batch_values, batch.ok, batch.reasons)
+                meter.update(len(batch.rows))
             if current is not None:
                 writer.submit(current)
         writer.close()
@@ -278,12 +273,11 @@ def pool_images(model: LoadedModel, manifest: Manifest, layers: Sequence[str], *
     out = {name: np.full((len(manifest), len(STATS), info.units), np.nan, dtype=np.float32)
            for name, info in plan.items()}
     loader = torch.utils.data.DataLoader(ImageDataset(manifest, model.preprocessing), batch_size=batch_size)
-    autocast = _autocast(dev, amp)
     batch: dict[str, torch.Tensor] = {}
     with torch.no_grad(), Capture(module, list(plan), lambda n, v: batch.__setitem__(n, pool_units(v)),
                                   post_activation, plan=plan) as capture:
         for rows, images, ok, _ in loader:
-            with autocast:
+            with autocast(dev, amp):
                 capture.run(model.preprocessing.normalize(images.to(dev)))
             keep = rows[ok].numpy()
             for name, values in batch.items():

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from typing import Sequence
 
 import numpy as np
@@ -43,6 +44,12 @@ class ChunkBuffer:
             host[offset:offset + size].copy_(values[name + "/spatial"], non_blocking=True)
         self.ok[offset:offset + size] = ok
         self.reasons[offset:offset + size] = reasons
+
+
+def _wait(event: "torch.cuda.Event | None") -> None:
+    """Wait for a chunk's device->host copies by polling (no host-synchronising CUDA call)."""
+    while event is not None and not event.query():
+        time.sleep(0.0005)
 
 
 class ChunkWriter:
@@ -99,8 +106,7 @@ class ChunkWriter:
                 return
             if self.error is None:
                 try:
-                    if buffer.event is not None:
-                        buffer.event.synchronize()
+                    _wait(buffer.event)
                     n = buffer.n
                     stats = {name: host[:n].numpy().transpose(1, 0, 2) for name, host in buffer.stats.items()}
                     spatial = {name: host[:n].numpy() for name, host in buffer.spatial.items()}

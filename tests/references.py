@@ -23,16 +23,24 @@ def out_of_place(model: nn.Module) -> nn.Module:
     return clone
 
 
-def numpy_stats(values: np.ndarray) -> dict[str, np.ndarray]:
-    """min/mean/max over space and fraction > 0, per image and unit, with a float64 NumPy loop."""
+def numpy_stats(values: np.ndarray, eps: float = 0.0) -> dict[str, np.ndarray]:
+    """min/mean/max over space and fraction > 0, per image and unit, with a float64 NumPy loop.
+
+    With ``eps`` > 0 also ``area_low``/``area_high``: the fractions > eps and > -eps, which bracket
+    the area of any computation of the same values that differs from this one by less than eps
+    (another memory format or kernel rounds near-zero positions either way).
+    """
     values = np.asarray(values, dtype=np.float64)
     n, c = values.shape[:2]
-    out = {k: np.empty((n, c)) for k in ("min", "mean", "max", "area")}
+    keys = ("min", "mean", "max", "area", "area_low", "area_high")
+    out = {k: np.empty((n, c)) for k in keys}
     for i in range(n):
         for j in range(c):
             m = values[i, j].ravel()
             out["min"][i, j], out["mean"][i, j], out["max"][i, j] = m.min(), m.mean(), m.max()
             out["area"][i, j] = np.count_nonzero(m > 0) / m.size
+            out["area_low"][i, j] = np.count_nonzero(m > eps) / m.size
+            out["area_high"][i, j] = np.count_nonzero(m > -eps) / m.size
     return out
 
 

@@ -21,7 +21,7 @@ from scipy import ndimage
 
 from ..capture import Capture, probe
 from ..errors import NeuroprobeError
-from ..extract import resolve_device
+from ..device import resolve_device
 from ..models import LoadedModel
 from .occlusion import discrepancy_maps
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import NeuroprobeError
-from ..extract import resolve_device
+from ..device import resolve_device
 from ..models import LoadedModel
 from .methods import METHODS, attribute, check_methods
 from .pointing import cell_masks, compose_mosaic, grid_pointing_score, make_mosaics, pointing_game, summarize_scores

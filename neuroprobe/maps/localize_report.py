@@ -15,7 +15,7 @@ import torch
 
 from ..data import ImageDataset, Manifest, read_manifest
 from ..errors import NeuroprobeError
-from ..extract import resolve_device
+from ..device import resolve_device
 from ..models import LoadedModel, load_model
 from .figures import grid_pointing_figure
 from .localize import GridPointingGame, score_mosaics

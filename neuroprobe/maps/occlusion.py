@@ -23,7 +23,7 @@ from torchvision.transforms.functional import gaussian_blur
 
 from ..capture import Capture, probe
 from ..errors import NeuroprobeError
-from ..extract import _autocast, resolve_device
+from ..device import autocast, resolve_device
 from ..malloc import keep_freed_memory_on_cpu
 from ..models import LoadedModel
 from .receptive_field import theoretical_receptive_fields
@@ -165,7 +165,7 @@ def discrepancy_maps(model: LoadedModel | nn.Module, images: torch.Tensor, layer
         plan = probe(module, [layer], normalize(pixels[:1]), post_activation)
         values: dict[str, torch.Tensor] = {}
         capture = Capture(module, [layer], values.__setitem__, post_activation, plan=plan)
-        autocast = _autocast(dev, amp)
+        amp_context = autocast(dev, amp)
         info = plan[layer]
         if len(info.shape) != 3:
             raise NeuroprobeError(f"layer '{layer}' has no spatial map (shape {info.shape}); occlusion maps need a conv layer")
@@ -174,7 +174,7 @@ def discrepancy_maps(model: LoadedModel | nn.Module, images: torch.Tensor, layer
         occluders = normalize(fill_images(pixels, fill, window, seed, value_range))
 
         with capture:
-            with autocast:
+            with amp_context:
                 capture.run(inputs)
         layer_value = values[layer][:, unit_index].float()
         peak_flat = layer_value.flatten(2).argmax(dim=2)                     # (B, U)
@@ -202,7 +202,7 @@ def discrepancy_maps(model: LoadedModel | nn.Module, images: torch.Tensor, layer
                 in_x = (cols[None] >= ox[:, None]) & (cols[None] < ox[:, None] + window)
                 mask = (in_y[:, :, None] & in_x[:, None, :])[:, None]         # (n, 1, H, W)
                 copies = torch.where(mask, occluders[image], inputs[image])
-                with autocast:
+                with amp_context:
                     capture.run(copies)
                 occluded = _respond(values[layer][:, unit_index].float(), peak_flat[image], response)
                 out[job[:, 0], :, job[:, 1], job[:, 2]] = reference[image] - occluded   # stays on the device

@@ -17,7 +17,7 @@ import torch
 from ..capture import probe
 from ..data import ImageDataset, Manifest, read_manifest
 from ..errors import NeuroprobeError
-from ..extract import resolve_device
+from ..device import resolve_device
 from ..models import LoadedModel, load_model
 from .map_store import ArraySpec, consolidate, as_json, mark_done, open_map_store
 from .occlusion import discrepancy_maps, occluder_positions

@@ -18,7 +18,7 @@ import zarr
 from ..capture import Capture
 from ..data import ImageDataset, Manifest, read_manifest
 from ..errors import NeuroprobeError
-from ..extract import resolve_device
+from ..device import resolve_device
 from ..models import LoadedModel, load_model
 from .map_store import ArraySpec, consolidate, mark_done, open_map_store
 from .methods import LAYER_METHODS, attribute, check_methods, last_spatial_layer

@@ -1,0 +1,112 @@
+"""Batches of decoded images for the extraction loop, decoded while the model runs.
+
+Two decoders behind one iterator: ``cpu`` (PIL in DataLoader workers, or in one background
+thread when there are none) and ``gpu`` (JPEG bytes read by the workers, decoded in batches on
+the extraction device by :mod:`neuroprobe.decode`; what it cannot decode falls back to PIL per
+image). Either way the loop receives uint8 images laid out channels-last (the layout PIL
+decodes to, so no copy is made on the host) and the per-image records.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .data import MAX_PIXELS, ImageDataset, Manifest
+
+DECODERS = ("cpu", "gpu")
+_DONE = object()
+
+
+@dataclass
+class Batch:
+    """One batch of rows: uint8 (B, 3, H, W) images (on the device for ``gpu``), ok flags and reasons."""
+
+    rows: list[int]
+    images: torch.Tensor
+    ok: np.ndarray
+    reasons: list[str]
+
+
+def collate_images(items: Sequence[tuple]) -> tuple[list[int], torch.Tensor, np.ndarray, list[str]]:
+    """(row, (3, H, W) uint8 image, ok, reason) items -> one channels-last uint8 batch, stacked by NumPy.
+
+    NumPy rather than ``torch.stack``: in a background thread a torch op would start a second
+    OpenMP team that competes with the model's threads for the cores.
+    """
+    rows, images, ok, reasons = zip(*items)
+    hwc = np.stack([image.permute(1, 2, 0).numpy() for image in images])
+    return list(rows), torch.from_numpy(hwc).permute(0, 3, 1, 2), np.array(ok, dtype=bool), list(reasons)
+
+
+def image_batches(manifest: Manifest, preprocessing, batches: Sequence[Sequence[int]], device: torch.device, *,
+                  workers: int, decode: str = "cpu", max_pixels: int = MAX_PIXELS) -> Iterator[Batch]:
+    """Decoded batches of ``batches`` (lists of manifest rows), in order, decoding ahead of the consumer."""
+    cuda = device.type == "cuda"
+    if decode == "gpu":
+        from .decode import DeviceDecodeDataset, DeviceDecoder, collate_device_batch
+
+        dataset, collate = DeviceDecodeDataset(manifest, preprocessing, max_pixels), collate_device_batch
+        decoder = DeviceDecoder(preprocessing, device)
+    else:
+        dataset, collate, decoder = ImageDataset(manifest, preprocessing, max_pixels), collate_images, None
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=[list(b) for b in batches], num_workers=workers, collate_fn=collate,
+        pin_memory=cuda and decode == "cpu", persistent_workers=False, prefetch_factor=4 if workers > 0 else None)
+    source: Iterable = loader if workers > 0 else in_background(loader, depth=2)
+    for item in source:
+        if decoder is None:
+            rows, images, ok, reasons = item
+            yield Batch(rows, images, ok, reasons)
+        else:
+            images, ok, reasons = decoder(item)
+            yield Batch(item.rows.tolist(), images, np.asarray(ok, dtype=bool), list(reasons))
+
+
+def in_background(iterable: Iterable, depth: int = 2) -> Iterator:
+    """Iterate ``iterable`` in a daemon thread, ``depth`` items ahead; its exceptions re-raise here."""
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in iterable:
+                if not _put(items, item, stop):
+                    return
+            _put(items, _DONE, stop)
+        except BaseException as exc:  # handed to the consumer, raised there
+            _put(items, _Failure(exc), stop)
+
+    thread = threading.Thread(target=produce, name="neuroprobe-decode", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = items.get()
+            if item is _DONE:
+                return
+            if isinstance(item, _Failure):
+                raise item.exc
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+
+
+@dataclass
+class _Failure:
+    exc: BaseException
+
+
+def _put(items: queue.Queue, item, stop: threading.Event) -> bool:
+    """Put ``item`` unless the consumer has gone; False when it has."""
+    while not stop.is_set():
+        try:
+            items.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
