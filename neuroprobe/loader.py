@@ -39,8 +39,11 @@ def collate_images(items: Sequence[tuple]) -> tuple[list[int], torch.Tensor, np.
     OpenMP team that competes with the model's threads for the cores.
     """
     rows, images, ok, reasons = zip(*items)
-    hwc = np.stack([image.permute(1, 2, 0).numpy() for image in images])
-    return list(rows), torch.from_numpy(hwc).permute(0, 3, 1, 2), np.array(ok, dtype=bool), list(reasons)
+    hwc = torch.empty((len(images), *images[0].shape[1:], images[0].shape[0]), dtype=torch.uint8)
+    if torch.utils.data.get_worker_info() is not None:
+        hwc.share_memory_()  # a worker's batch crosses to the main process without another copy
+    np.stack([image.permute(1, 2, 0).numpy() for image in images], out=hwc.numpy())
+    return list(rows), hwc.permute(0, 3, 1, 2), np.array(ok, dtype=bool), list(reasons)
 
 
 def image_batches(manifest: Manifest, preprocessing, batches: Sequence[Sequence[int]], device: torch.device, *,

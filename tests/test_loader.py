@@ -1,0 +1,58 @@
+"""The extraction loader: batches in order, equal to the per-image decoder, decoded ahead in a thread."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from neuroprobe import load_model
+from neuroprobe.data import ImageDataset, read_manifest
+from neuroprobe.loader import image_batches, in_background
+
+ROWS = [[0, 1, 2, 3, 4], [5, 6, 7], [8, 9, 10, 11]]
+
+
+@pytest.fixture(scope="module")
+def preprocessing():
+    return load_model("resnet18", "none").preprocessing
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_batches_equal_the_per_image_decoder(sample_csv, preprocessing, workers):
+    manifest = read_manifest(sample_csv)
+    dataset = ImageDataset(manifest, preprocessing)
+    batches = list(image_batches(manifest, preprocessing, ROWS, torch.device("cpu"), workers=workers))
+    assert [b.rows for b in batches] == ROWS
+    for batch in batches:
+        expected = torch.stack([dataset[i][1] for i in batch.rows])
+        assert torch.equal(batch.images, expected) and batch.ok.all() and batch.reasons == [""] * len(batch.rows)
+        # PIL's HWC pixels, no host copy: the batch is already laid out channels-last
+        assert batch.images.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_background_iteration_keeps_order_and_raises_where_the_source_failed():
+    def source():
+        yield from range(5)
+        raise ValueError("disk gone")
+
+    got = []
+    with pytest.raises(ValueError, match="disk gone"):
+        for item in in_background(source(), depth=2):
+            got.append(item)
+    assert got == [0, 1, 2, 3, 4]
+
+
+def test_background_thread_stops_when_the_consumer_leaves():
+    produced = []
+
+    def source():
+        for i in range(1000):
+            produced.append(i)
+            yield i
+
+    iterator = in_background(source(), depth=2)
+    assert [next(iterator) for _ in range(3)] == [0, 1, 2]
+    iterator.close()  # what a `for` loop left by an exception does
+    assert not any(t.name == "neuroprobe-decode" and t.is_alive() for t in threading.enumerate())
+    assert len(produced) <= 3 + 2 + 2  # taken + queued + the one in hand (and its successor being made)
