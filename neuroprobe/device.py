@@ -36,17 +36,17 @@ def autocast(dev: torch.device, amp: str | None):
 def choose_memory_format(module: nn.Module, requested: str = "auto") -> str:
     """The memory format to run ``module`` in: "channels_last" or "contiguous".
 
-    "auto" is a measured default: channels_last wherever the model has 2-D convolutions (the bare
-    forward pass was 1.2-1.5x faster in it on the CPU for every convolutional family measured, see
-    benchmarks/RESULTS.md, and it is the layout cuDNN's tensor-core kernels use under amp); contiguous
-    otherwise (transformers, MLPs), where channels_last buys nothing.
+    "auto" is a measured default (benchmarks/RESULTS.md): channels_last for convolutional networks
+    (more than one 2-D convolution; on the CPU the bare forward pass of EfficientNet-Lite0, ResNets,
+    MobileNets and ConvNeXt ran 1.1-2x faster in it, and it is the layout of cuDNN's tensor-core
+    kernels under amp); contiguous for the rest, transformers with a convolutional patch embedding included.
     """
     if requested not in ("auto", *MEMORY_FORMATS):
         raise NeuroprobeError(f"unknown --memory-format '{requested}'; use auto, channels_last or contiguous")
     if requested != "auto":
         return requested
-    has_conv = any(isinstance(m, nn.Conv2d) for m in module.modules())
-    return "channels_last" if has_conv else "contiguous"
+    convolutions = sum(isinstance(m, nn.Conv2d) for m in module.modules())
+    return "channels_last" if convolutions > 1 else "contiguous"
 
 
 def default_workers(dev: torch.device, local_world_size: int = 1) -> int:
