@@ -382,8 +382,9 @@ def summary_lines(args, info: dict, results: dict, checks: list[dict], malloc: s
     return lines
 
 
-def write_out(path: str, args, info, rows, lines, checks, results) -> None:
-    if path.endswith(".json"):
+def write_out(path: str, args, info, rows, lines, checks, results, as_json: bool = False) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    if as_json or path.endswith(".json"):
         data = {"info": info, "args": vars(args), "rows": rows, "checks": checks, "notes": lines}
         Path(path).write_text(json.dumps(data, indent=1, default=str) + "\n")
         return
@@ -421,6 +422,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu or cuda (default %(default)s)")
     p.add_argument("--out", default=None,
                    help="write the results here: .json -> JSON, else a Markdown file (overwritten)")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON here (overwritten)")
     args = p.parse_args(argv)
     args.size = args.size or (65 if args.quick else 224)
     if args.rf_layers is None:
@@ -511,9 +513,10 @@ def main(argv: list[str] | None = None) -> None:
     lines.append(f"by process CPU time instead of wall time: neuroprobe / floor = {cpu_ratio:.2f} (wall time well above "
                  "CPU time x threads means the process waited for a core: other load on the machine)")
     print("\n" + format_table(rows, markdown=False) + "\n\n" + "\n".join(lines), flush=True)
-    if args.out:
-        write_out(args.out, args, info, rows, lines, checks, results)
-        print(f"written to {args.out}")
+    for path, as_json in ((args.out, False), (args.json, True)):
+        if path:
+            write_out(path, args, info, rows, lines, checks, results, as_json)
+            print(f"written to {path}")
 
 
 if __name__ == "__main__":

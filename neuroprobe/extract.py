@@ -116,6 +116,8 @@ def extract(model: str | LoadedModel, data: str | Path | Manifest, layers: Seque
     dist = Distributed.from_environment()
     dev = resolve_device(device, dist.local_rank)
     keep_freed_memory_on_cpu(dev)
+    if dev.type == "cuda":  # under torchrun: this rank's GPU is the current one (events, pinned buffers, cuDNN)
+        torch.cuda.set_device(dev)
     fmt = choose_memory_format(loaded.module, memory_format)
     module = loaded.module.to(dev).eval().to(memory_format=MEMORY_FORMATS[fmt])
     crop = loaded.preprocessing.crop

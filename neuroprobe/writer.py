@@ -81,7 +81,7 @@ class ChunkWriter:
     def submit(self, buffer: ChunkBuffer) -> None:
         if self.pinned:
             buffer.event = torch.cuda.Event()
-            buffer.event.record()
+            buffer.event.record(torch.cuda.current_stream())
         self.todo.put(buffer)
         self._raise()
 
