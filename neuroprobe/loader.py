@@ -59,15 +59,15 @@ def image_batches(manifest: Manifest, preprocessing, batches: Sequence[Sequence[
         dataset, collate, decoder = ImageDataset(manifest, preprocessing, max_pixels), collate_images, None
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=[list(b) for b in batches], num_workers=workers, collate_fn=collate,
-        pin_memory=cuda and decode == "cpu", persistent_workers=False, prefetch_factor=4 if workers > 0 else None)
+        pin_memory=cuda, persistent_workers=False, prefetch_factor=4 if workers > 0 else None)
     source: Iterable = loader if workers > 0 else in_background(loader, depth=2)
     for item in source:
         if decoder is None:
             rows, images, ok, reasons = item
             yield Batch(rows, images, ok, reasons)
         else:
-            images, ok, reasons = decoder(item)
-            yield Batch(item.rows.tolist(), images, np.asarray(ok, dtype=bool), list(reasons))
+            images, ok, reasons = decoder(item)  # already on the device
+            yield Batch(item.rows.tolist(), images, ok.numpy(), reasons)
 
 
 def in_background(iterable: Iterable, depth: int = 2) -> Iterator:

@@ -56,3 +56,14 @@ def test_background_thread_stops_when_the_consumer_leaves():
     iterator.close()  # what a `for` loop left by an exception does
     assert not any(t.name == "neuroprobe-decode" and t.is_alive() for t in threading.enumerate())
     assert len(produced) <= 3 + 2 + 2  # taken + queued + the one in hand (and its successor being made)
+
+
+def test_device_decoding_gives_the_cpu_batches_within_the_decoder_tolerance(sample_csv, preprocessing):
+    """--decode gpu on a CPU device: the same rows and records, pixels within decode.py's tolerance of PIL."""
+    manifest = read_manifest(sample_csv)
+    cpu = list(image_batches(manifest, preprocessing, ROWS, torch.device("cpu"), workers=0))
+    dev = list(image_batches(manifest, preprocessing, ROWS, torch.device("cpu"), workers=0, decode="gpu"))
+    for a, b in zip(cpu, dev, strict=True):
+        assert a.rows == b.rows and a.reasons == b.reasons and (a.ok == b.ok).all()
+        diff = (a.images.int() - b.images.int()).abs()
+        assert diff.max() <= 2 and diff.float().mean() < 0.06
