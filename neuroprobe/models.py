@@ -9,6 +9,7 @@ Three families share one entry point, :func:`load_model`:
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -56,15 +57,22 @@ class Preprocessing:
         return TF.pil_to_tensor(image)
 
     def normalize(self, batch: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, 3, H, W) on any device -> float32 normalized input."""
-        mean = torch.tensor(self.mean, device=batch.device, dtype=torch.float32).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=batch.device, dtype=torch.float32).view(1, -1, 1, 1)
+        """uint8 (B, 3, H, W) on any device -> float32 normalized input (memory format kept)."""
+        mean, std = _channel_constants(self.mean, self.std, batch.device)
         return (batch.float().div_(255.0) - mean) / std
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["mean"], out["std"] = list(self.mean), list(self.std)
         return out
+
+
+@functools.lru_cache(maxsize=32)
+def _channel_constants(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device):
+    """Mean and std as (1, C, 1, 1) tensors on ``device``, made once: a fresh host->GPU copy blocks the host."""
+    def column(values):
+        return torch.tensor(values, dtype=torch.float32).view(1, -1, 1, 1).to(device)
+    return column(mean), column(std)
 
 
 @dataclass
