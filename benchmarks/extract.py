@@ -299,6 +299,8 @@ def extract_kwargs(cfg: Config, decode: str, api: dict) -> dict:
 def time_neuroprobe(loaded, manifest, layers: list[str], cfg: Config, decode: str, workdir: Path,
                     check: dict | None) -> dict:
     """Timing of ``neuroprobe.extract`` from the files into a fresh store; fills ``check`` once."""
+    import zarr
+
     import neuroprobe as npb
     from neuroprobe.data import Manifest
 
@@ -315,14 +317,15 @@ def time_neuroprobe(loaded, manifest, layers: list[str], cfg: Config, decode: st
                     manifest.root)
     shutil.rmtree(run(warm, "warmup")[0])
     out, timer = run(manifest, "timed")
-    images = npb.read_images(out)
-    failed = int((images["status"] != "ok").sum())
-    if failed:
-        raise RuntimeError(f"neuroprobe decode={decode}: {failed} image(s) not ok, e.g. {images['reason'].iloc[0]}")
+    # read with zarr alone (the store's plain layout), so that the benchmark does not depend on xarray's version
+    root = zarr.open_group(str(out), mode="r")
+    bad = [i for i, value in enumerate(root["images/status"][:].tolist()) if str(value) != "ok"]
+    if bad:
+        reason = root["images/reason"][:].tolist()[bad[0]]
+        raise RuntimeError(f"neuroprobe decode={decode}: {len(bad)} image(s) not ok, e.g. row {bad[0]}: {reason}")
     if check is not None and not check:
         for layer in layers:
-            ds = npb.open_layer(out, layer).isel(image=slice(0, CHECK_IMAGES))
-            check[layer] = {"mean": ds["mean"].values.tolist(), "max": ds["max"].values.tolist()}
+            check[layer] = {stat: root[f"{layer}/{stat}"][:CHECK_IMAGES].tolist() for stat in ("mean", "max")}
     shutil.rmtree(out)
     return timer.result(len(manifest), decode=decode, workers=neuroprobe_workers(cfg, loaded_device(loaded)),
                         memory_format=neuroprobe_format(loaded.module, cfg.memory_format))
@@ -670,6 +673,8 @@ def machine_info(device: str) -> dict:
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
         info["cuda"] = torch.version.cuda
         info["cudnn"] = torch.backends.cudnn.version()
+        info["tf32"] = (f"cuDNN convolutions TF32 {torch.backends.cudnn.allow_tf32}, matmul TF32 "
+                        f"{torch.backends.cuda.matmul.allow_tf32} (torch's defaults: 'fp32' convolutions run in TF32)")
     return info
 
 
@@ -803,6 +808,7 @@ def markdown_section(args, info: dict, rows: list[dict], checks: list[str], note
              f"- data: {_shown(str(args.data_path))}; {repeated}; layers {' '.join(args.layers)}; truncated case "
              f"{' '.join(args.truncate) or 'none'}; best of {args.repeats} interleaved run(s)",
              "- malloc settings: " + "; ".join(f"**{s}** = {MALLOC_LABELS[s]}" for s in args.malloc_list),
+             *([f"- precision: {info['tf32']}"] if "tf32" in info else []),
              "", format_table(rows, markdown=True), ""]
     lines += [f"- {line}" for line in denominator_lines(rows) + checks + notes]
     return "\n".join(lines) + "\n"
@@ -878,7 +884,8 @@ def thingsvision_interpreter(args, notes: list[str]) -> str | None:
     python = args.tv_python or (TV_PYTHON if Path(TV_PYTHON).exists() and not args.tf_stub else sys.executable)
     if args.tv_python is None and python == sys.executable:
         args.tf_stub = True
-    probe = ("import sys; sys.path.insert(0, sys.argv[1]); "
+    probe = ("import importlib.util, sys; importlib.util.find_spec('thingsvision') or sys.exit("
+             "'ModuleNotFoundError: No module named thingsvision'); sys.path.insert(0, sys.argv[1]); "
              + ("import tf_stub; tf_stub.install(); " if args.tf_stub else "")
              + "import numpy as np; np.AxisError = getattr(np, 'AxisError', None) or np.exceptions.AxisError; "
                "import torch, torchvision, thingsvision; print(thingsvision.__version__)")
@@ -922,6 +929,12 @@ def main(argv: list[str] | None = None) -> int:
         return worker_main(args.worker, args.worker_config, args.worker_out)
     import pandas as pd
 
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            print(f"--device {args.device}: torch sees no CUDA device", file=sys.stderr)
+            return 1
     args.data_path = Path(args.data) if args.data else (SHARED_DATA if SHARED_DATA.exists() else EMBEDDED_DATA)
     args.available = len(pd.read_csv(args.data_path))
     args.images_used = args.images or args.available

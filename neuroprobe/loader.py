@@ -1,13 +1,14 @@
 """Batches of decoded images for the extraction loop, decoded while the model runs.
 
-Two decoders behind one iterator: ``cpu`` (PIL in DataLoader workers, or in one background
-thread when there are none) and ``gpu`` (JPEG bytes read by the workers, decoded in batches on
+Two decoders behind one iterator: ``cpu`` (PIL in DataLoader workers, or, when there are none,
+in one background thread if a core is spare, else in turn with the model) and ``gpu`` (JPEG bytes read by the workers, decoded in batches on
 the extraction device by :mod:`neuroprobe.decode`; what it cannot decode falls back to PIL per
 image). Either way the loop receives uint8 images laid out channels-last (the layout PIL
 decodes to, so no copy is made on the host) and the per-image records.
 """
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from dataclasses import dataclass
@@ -60,7 +61,7 @@ def image_batches(manifest: Manifest, preprocessing, batches: Sequence[Sequence[
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=[list(b) for b in batches], num_workers=workers, collate_fn=collate,
         pin_memory=cuda, persistent_workers=False, prefetch_factor=4 if workers > 0 else None)
-    source: Iterable = loader if workers > 0 else in_background(loader, depth=2)
+    source: Iterable = in_background(loader, depth=2) if workers == 0 and _spare_core(device) else loader
     for item in source:
         if decoder is None:
             rows, images, ok, reasons = item
@@ -68,6 +69,23 @@ def image_batches(manifest: Manifest, preprocessing, batches: Sequence[Sequence[
         else:
             images, ok, reasons = decoder(item)  # already on the device
             yield Batch(item.rows.tolist(), images, ok.numpy(), reasons)
+
+
+def _spare_core(device: torch.device) -> bool:
+    """Whether a decoding thread would find a core the model leaves free.
+
+    On a GPU the host threads mostly wait, so yes. On the CPU only when torch runs fewer threads
+    than this process has cores: a decoding thread that takes a core from torch's OpenMP team
+    makes the others wait for it at every op, which cost more than decoding in turn (measured
+    at 2 threads on 2 cores; at 1 thread the thread hides decoding).
+    """
+    if device.type == "cuda":
+        return True
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return torch.get_num_threads() < cores
 
 
 def in_background(iterable: Iterable, depth: int = 2) -> Iterator:

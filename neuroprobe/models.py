@@ -9,7 +9,6 @@ Three families share one entry point, :func:`load_model`:
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
 import math
@@ -57,22 +56,20 @@ class Preprocessing:
         return TF.pil_to_tensor(image)
 
     def normalize(self, batch: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, 3, H, W) on any device -> float32 normalized input (memory format kept)."""
-        mean, std = _channel_constants(self.mean, self.std, batch.device)
-        return (batch.float().div_(255.0) - mean) / std
+        """uint8 (B, 3, H, W) on any device -> float32 normalized input (memory format kept).
+
+        Channel by channel with scalars, in place: a broadcast (1, C, 1, 1) operand makes the inner
+        loop 3 elements long on channels-last batches (2x slower on the CPU); the bits are the same.
+        """
+        x = batch.float().div_(255.0)
+        for channel, (mean, std) in enumerate(zip(self.mean, self.std)):
+            x[:, channel].sub_(mean).div_(std)
+        return x
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["mean"], out["std"] = list(self.mean), list(self.std)
         return out
-
-
-@functools.lru_cache(maxsize=32)
-def _channel_constants(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device):
-    """Mean and std as (1, C, 1, 1) tensors on ``device``, made once: a fresh host->GPU copy blocks the host."""
-    def column(values):
-        return torch.tensor(values, dtype=torch.float32).view(1, -1, 1, 1).to(device)
-    return column(mean), column(std)
 
 
 @dataclass
