@@ -1,7 +1,7 @@
 """Batches of decoded images for the extraction loop, decoded while the model runs.
 
 Two decoders behind one iterator: ``cpu`` (PIL in DataLoader workers, or, when there are none,
-in one background thread if a core is spare, else in turn with the model) and ``gpu`` (JPEG bytes read by the workers, decoded in batches on
+in one background thread, at idle priority where it shares the cores with the model) and ``gpu`` (JPEG bytes read by the workers, decoded in batches on
 the extraction device by :mod:`neuroprobe.decode`; what it cannot decode falls back to PIL per
 image). Either way the loop receives uint8 images laid out channels-last (the layout PIL
 decodes to, so no copy is made on the host) and the per-image records.
@@ -61,7 +61,7 @@ def image_batches(manifest: Manifest, preprocessing, batches: Sequence[Sequence[
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=[list(b) for b in batches], num_workers=workers, collate_fn=collate,
         pin_memory=cuda, persistent_workers=False, prefetch_factor=4 if workers > 0 else None)
-    source: Iterable = in_background(loader, depth=2) if workers == 0 and _spare_core(device) else loader
+    source: Iterable = loader if workers > 0 else in_background(loader, depth=2, idle=not _spare_core(device))
     for item in source:
         if decoder is None:
             rows, images, ok, reasons = item
@@ -72,13 +72,7 @@ def image_batches(manifest: Manifest, preprocessing, batches: Sequence[Sequence[
 
 
 def _spare_core(device: torch.device) -> bool:
-    """Whether a decoding thread would find a core the model leaves free.
-
-    On a GPU the host threads mostly wait, so yes. On the CPU only when torch runs fewer threads
-    than this process has cores: a decoding thread that takes a core from torch's OpenMP team
-    makes the others wait for it at every op, which cost more than decoding in turn (measured
-    at 2 threads on 2 cores; at 1 thread the thread hides decoding).
-    """
+    """Whether a decoding thread finds a core the model leaves free (a GPU run, or fewer torch threads than cores)."""
     if device.type == "cuda":
         return True
     try:
@@ -88,12 +82,23 @@ def _spare_core(device: torch.device) -> bool:
     return torch.get_num_threads() < cores
 
 
-def in_background(iterable: Iterable, depth: int = 2) -> Iterator:
-    """Iterate ``iterable`` in a daemon thread, ``depth`` items ahead; its exceptions re-raise here."""
+def in_background(iterable: Iterable, depth: int = 2, idle: bool = False) -> Iterator:
+    """Iterate ``iterable`` in a daemon thread, ``depth`` items ahead; its exceptions re-raise here.
+
+    ``idle``: the thread runs at Linux's SCHED_IDLE priority, on cycles no other thread wants. When
+    it shares the cores with torch's OpenMP team, a decoder at normal priority takes a core from one
+    member and the others wait for it at every op; at idle priority it cannot, and at worst decoding
+    happens while the model waits for it, as if in turn.
+    """
     items: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
     def produce() -> None:
+        if idle and hasattr(os, "SCHED_IDLE"):
+            try:
+                os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # 0: this thread
+            except OSError:  # not permitted in this container: normal priority
+                pass
         try:
             for item in iterable:
                 if not _put(items, item, stop):

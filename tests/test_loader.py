@@ -67,3 +67,16 @@ def test_device_decoding_gives_the_cpu_batches_within_the_decoder_tolerance(samp
         assert a.rows == b.rows and a.reasons == b.reasons and (a.ok == b.ok).all()
         diff = (a.images.int() - b.images.int()).abs()
         assert diff.max() <= 2 and diff.float().mean() < 0.06
+
+
+def test_idle_decoding_thread_runs_at_idle_priority_and_keeps_order():
+    import os
+
+    def source():
+        for i in range(4):
+            yield i, os.sched_getscheduler(0)  # the producing thread's own policy
+
+    items = list(in_background(source(), depth=2, idle=True))
+    assert [i for i, _ in items] == [0, 1, 2, 3]
+    assert {policy for _, policy in items} <= {os.SCHED_IDLE, os.SCHED_OTHER}  # OTHER only where refused
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the consumer's thread is untouched
