@@ -291,7 +291,7 @@ def _print_info(path) -> None:
     s = summary(path)
     print(f"store    {Path(s['path']).resolve()}")
     print(f"model    {s['model']}  weights {s['weights']}" + (f"  sha256 {s['weights_sha256'][:12]}" if s['weights_sha256'] else ""))
-    print(f"capture  {s['capture']}  amp {s['amp']}  created {s['created']}")
+    print(f"capture  {s['capture']}  amp {s['amp']}  decode {s['decode']}  {s['memory_format']}  created {s['created']}")
     print(f"images   {s['images']}: {s['done']} done, {s['skipped']} skipped (unreadable), {s['missing']} missing "
           f"({s['chunks_done']}/{s['chunks']} chunks written)")
     for layer in s["layers"]:

@@ -232,6 +232,7 @@ def summary(store: str | Path) -> dict[str, Any]:
         "skipped": int(np.sum(finished_rows & (status == "error"))), "missing": int(np.sum(~finished_rows)),
         "chunks_done": int(done.sum()), "chunks": int(done.size), "layers": layers,
         "capture": attrs.get("capture"), "amp": attrs.get("amp"), "created": attrs.get("created"),
+        "decode": attrs.get("decode", "cpu"), "memory_format": attrs.get("memory_format", "contiguous"),
     }
 
 
