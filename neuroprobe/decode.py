@@ -266,7 +266,7 @@ class DeviceDecoder:
         self.counts.update(route)
         if not on_device:
             return torch.stack(parts), ok, reasons
-        crops = torch.stack([self._resize_crop(image) for _, image in on_device]).to(torch.uint8)
+        crops = self._resize_crop_all([image for _, image in on_device]).to(torch.uint8)
         if len(on_device) == n:
             return crops, ok, reasons
         for j, (k, _) in enumerate(on_device):
@@ -309,8 +309,25 @@ class DeviceDecoder:
             return self._split_on_failure(payloads[:half]) + self._split_on_failure(payloads[half:])
         return [image if _is_rgb(image) else None for image in images]
 
+    def _resize_crop_all(self, images: list[torch.Tensor]) -> torch.Tensor:
+        """uint8 (3, H, W) images -> float (B, 3, crop, crop), one resize per distinct size, not per image.
+
+        Photo collections repeat a few sizes (500x375 and 375x500 in much of ImageNet), so grouping
+        turns hundreds of small kernel launches per batch into a handful; each image's result is the same.
+        """
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for k, image in enumerate(images):
+            groups.setdefault(tuple(image.shape), []).append(k)
+        if len(groups) == 1:
+            return self._resize_crop(torch.stack(images))
+        crops: list[torch.Tensor | None] = [None] * len(images)
+        for members in groups.values():  # back in row order by stacking views: no index tensor to copy over
+            for k, resized in zip(members, self._resize_crop(torch.stack([images[k] for k in members])).unbind(0)):
+                crops[k] = resized
+        return torch.stack(crops)
+
     def _resize_crop(self, image: torch.Tensor) -> torch.Tensor:
-        """uint8 (3, H, W) -> float (3, crop, crop) holding integers 0..255.
+        """uint8 (..., 3, H, W) -> float (..., 3, crop, crop) holding integers 0..255.
 
         PIL's 8-bit resampler resizes one axis, rounds and clips to uint8, then resizes the other;
         two antialiased float resizes in PIL's order, each rounded and clipped, stay within 2 levels

@@ -337,3 +337,15 @@ def test_nvjpeg_close_to_pil(sample, record_property):
     for name, value in {"max": diff.max(), "mean": diff.mean(), "share_over_1": (diff > 1).float().mean()}.items():
         record_property(f"nvjpeg_vs_pil_{name}", float(value))  # the tolerance to state: gpu-tests.xml
     assert diff.mean() < 2.0
+
+
+def test_resizing_grouped_by_size_equals_resizing_each_image(sample):
+    """One resize call per distinct size gives each image exactly what a call of its own gives."""
+    from torchvision.io import decode_jpeg
+
+    pre = Preprocessing(resize=232, crop=224, interpolation="bicubic")
+    decoder = DeviceDecoder(pre, "cpu")
+    images = [decode_jpeg(torch.from_numpy(np.fromfile(sample.absolute(i), dtype=np.uint8))) for i in range(12)]
+    assert len({tuple(im.shape) for im in images}) > 1 and len({tuple(im.shape) for im in images}) < 12
+    grouped = decoder._resize_crop_all(images)
+    assert torch.equal(grouped, torch.stack([decoder._resize_crop(im) for im in images]))
