@@ -109,6 +109,11 @@ def load_image(path: Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
         return to_rgb(image)
 
 
+def failure_reason(exc: BaseException) -> str:
+    """The one-line reason recorded for an image that could not be read."""
+    return f"{type(exc).__name__}: {exc}".replace("\n", " ")[:300]
+
+
 class ImageDataset(torch.utils.data.Dataset):
     """Row i of the manifest -> (i, uint8 image, ok, reason). Failures give zeros and ok=False."""
 
@@ -127,6 +132,6 @@ class ImageDataset(torch.utils.data.Dataset):
             image = self.preprocessing.to_uint8(load_image(path, self.max_pixels))
             return i, image, True, ""
         except Exception as exc:  # unreadable, truncated, empty, not an image, bomb: record, go on
-            reason = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:300]
+            reason = failure_reason(exc)
             log.debug("skipping %s: %s", path, reason)
             return i, self.blank, False, reason

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data import MAX_PIXELS, ImageDataset, Manifest, load_image, read_manifest
+from .data import MAX_PIXELS, ImageDataset, Manifest, failure_reason, load_image, read_manifest
 from .errors import NeuroprobeError
 
 if TYPE_CHECKING:
@@ -95,11 +95,6 @@ def read_jpeg_header(data: bytes | bytearray) -> JpegHeader | None:
                               complete=data[-2:] == b"\xff\xd9")
         pos += 2 + length
     return None
-
-
-def _reason(exc: BaseException) -> str:
-    """The reason string :class:`~neuroprobe.data.ImageDataset` records for a failure."""
-    return f"{type(exc).__name__}: {exc}".replace("\n", " ")[:300]
 
 
 class DeviceDecodeDataset(torch.utils.data.Dataset):
@@ -256,7 +251,7 @@ class DeviceDecoder:
                 parts[k] = self.preprocessing.to_uint8(pil).to(self.device, non_blocking=True)
                 route[k] = "fallback"
             except Exception as exc:  # neither nvjpeg nor PIL can read it: record, go on
-                ok[k], reasons[k], route[k] = False, _reason(exc), "failed"
+                ok[k], reasons[k], route[k] = False, failure_reason(exc), "failed"
                 parts[k] = torch.zeros(3, crop, crop, dtype=torch.uint8, device=self.device)
                 log.debug("row %d: %s", int(batch.rows[k]), reasons[k])
         for k in range(n):
@@ -302,9 +297,9 @@ class DeviceDecoder:
                 raise RuntimeError(f"decoder returned {len(images)} images for {len(payloads)} files")
         except Exception as exc:
             if len(payloads) == 1:
-                log.debug("device decoder refused an image (%s); decoding it with PIL", _reason(exc))
+                log.debug("device decoder refused an image (%s); decoding it with PIL", failure_reason(exc))
                 return [None]
-            log.debug("batched decode of %d images failed (%s); splitting the batch", len(payloads), _reason(exc))
+            log.debug("batched decode of %d images failed (%s); splitting the batch", len(payloads), failure_reason(exc))
             half = len(payloads) // 2
             return self._split_on_failure(payloads[:half]) + self._split_on_failure(payloads[half:])
         return [image if _is_rgb(image) else None for image in images]

@@ -58,8 +58,12 @@ def default_workers(dev: torch.device, local_world_size: int = 1) -> int:
     """
     if dev.type != "cuda":
         return 0
+    return max(1, min(16, available_cores() // max(local_world_size, 1) - 1))
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its affinity mask on Linux, else all of them)."""
     try:
-        cores = len(os.sched_getaffinity(0))
+        return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(16, cores // max(local_world_size, 1) - 1))
+        return os.cpu_count() or 1

@@ -1,9 +1,9 @@
 """Batches of decoded images for the extraction loop, decoded while the model runs.
 
 Two decoders behind one iterator: ``cpu`` (PIL in DataLoader workers, or, when there are none,
-in one background thread, at idle priority where it shares the cores with the model) and ``gpu`` (JPEG bytes read by the workers, decoded in batches on
-the extraction device by :mod:`neuroprobe.decode`; what it cannot decode falls back to PIL per
-image). Either way the loop receives uint8 images laid out channels-last (the layout PIL
+in one background thread, at idle priority where it shares the cores with the model) and ``gpu``
+(JPEG bytes read by the workers, decoded in batches on the extraction device by
+:mod:`neuroprobe.decode`; what it cannot decode falls back to PIL per image). Either way the loop receives uint8 images laid out channels-last (the layout PIL
 decodes to, so no copy is made on the host) and the per-image records.
 """
 from __future__ import annotations
@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .data import MAX_PIXELS, ImageDataset, Manifest
+from .device import available_cores
 
 DECODERS = ("cpu", "gpu")
 _DONE = object()
@@ -73,13 +74,7 @@ def image_batches(manifest: Manifest, preprocessing, batches: Sequence[Sequence[
 
 def _spare_core(device: torch.device) -> bool:
     """Whether a decoding thread finds a core the model leaves free (a GPU run, or fewer torch threads than cores)."""
-    if device.type == "cuda":
-        return True
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    return torch.get_num_threads() < cores
+    return device.type == "cuda" or torch.get_num_threads() < available_cores()
 
 
 def in_background(iterable: Iterable, depth: int = 2, idle: bool = False) -> Iterator:
