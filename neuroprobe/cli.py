@@ -23,6 +23,8 @@ EXAMPLES = """examples:
   python -m neuroprobe saliency --method gradcam --data data/sample/labels.csv --out runs/gradcam.zarr
   python -m neuroprobe localize --data data/sample/labels.csv --methods gradient,guided,gradcam,dff \
          --grid 2 --n 20 --out runs/localize
+  python -m neuroprobe search  --data data/sample/labels.csv --layout grid --grid 7 --view crop --out runs/search
+  python -m neuroprobe saccade --likelihood runs/search --data data/sample/labels.csv --folds 5 --out runs/saccade
 """
 
 MODEL_HELP = ("efficientnet_lite0 (offline pretrained ImageNet model), a torchvision classification model "
@@ -222,6 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=4, help="mosaics per pass (default: %(default)s)")
     p.add_argument("--out", required=True, help="folder for the CSV tables and the figure")
 
+    from .retina.cli import add_commands as add_retina_commands
+
+    add_retina_commands(sub, _model_args)
+
     p = sub.add_parser("info", help="what a store holds and how complete it is")
     p.add_argument("store")
 
@@ -229,6 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("store")
     p.add_argument("target", help="e.g. run.h5")
     return parser
+
+
+def _retina_commands() -> dict:
+    from .retina.cli import COMMANDS as RETINA
+
+    return RETINA
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -241,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
 
     keep_freed_memory()
     try:
-        return COMMANDS[args.command](args)
+        return {**COMMANDS, **_retina_commands()}[args.command](args)
     except NeuroprobeError as exc:
         print(f"neuroprobe: error: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,192 @@
+"""The dorsal pathway: from one coarse grayscale log-polar glimpse, where will the ventral network be right?
+
+Input: the log-polar view of the whole image (centre fixation, radius 1, ``glimpse`` px, grayscale),
+encoded by a frozen pretrained backbone (the pooled post-activation of its last spatial layer, the
+classifier's input) and mapped by a linear head to one logit per fixation of the likelihood layout.
+Target: whether the ventral network's prediction at that fixation is the label (binary cross-entropy,
+as Daucé et al. 2020 train their accuracy map; ``target="probability"`` uses p(label | view) instead).
+
+Why a frozen backbone and a linear head: 800 images are far too few to learn visual features, but
+plenty to learn which of a backbone's features predict where the object is; the head trains in
+seconds on the CPU, so k-fold cross-validation (every image scored by a head that never saw it) is cheap.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..capture import Capture
+from ..errors import NeuroprobeError
+from ..maps.methods import last_spatial_layer
+from ..models import LoadedModel
+from ..training import train
+from .views import retinotopic_views
+
+log = logging.getLogger(__name__)
+LUMA = (0.299, 0.587, 0.114)
+
+
+@dataclass(frozen=True)
+class Glimpse:
+    """The dorsal input: a grayscale log-polar view of ``size`` px around the image centre, radius 1."""
+
+    size: int = 64
+    rs_min: float = 0.0
+    rs_max: float = -5.0
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 or [0, 1] (B, 3, H, W) images -> (B, 1, size, size) grayscale glimpses in [0, 1]."""
+        x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
+        gray = sum(w * x[:, c:c + 1] for c, w in enumerate(LUMA))
+        centre = torch.zeros(1, 2, device=x.device)
+        return retinotopic_views(gray, centre, 1.0, self.size, "logpolar", "zeros", self.rs_min, self.rs_max)[:, 0]
+
+
+class GlimpseEncoder:
+    """Frozen backbone features of glimpses: gray replicated to RGB, resized to the backbone's input,
+    normalized as the backbone expects, pooled post-activation of ``layer`` (default: the last spatial one)."""
+
+    def __init__(self, backbone: LoadedModel, glimpse: Glimpse = Glimpse(), layer: str | None = None,
+                 device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
+        self.module = backbone.module.to(self.device).eval()
+        self.preprocessing = backbone.preprocessing
+        self.glimpse = glimpse
+        crop = self.preprocessing.crop
+        self.layer = layer or last_spatial_layer(self.module, torch.zeros(1, 3, crop, crop, device=self.device))
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        g = self.glimpse(images.to(self.device))
+        crop = self.preprocessing.crop
+        x = F.interpolate(g.expand(-1, 3, -1, -1), size=(crop, crop), mode="bilinear", align_corners=False)
+        mean = torch.tensor(self.preprocessing.mean, device=x.device)[:, None, None]
+        std = torch.tensor(self.preprocessing.std, device=x.device)[:, None, None]
+        values: dict[str, torch.Tensor] = {}
+        with Capture(self.module, [self.layer], values.__setitem__, post_activation=True) as capture:
+            capture.run((x - mean) / std)
+        return values[self.layer].flatten(2).mean(2).float()
+
+
+class DorsalNetwork(nn.Module):
+    """Standardized glimpse features -> (B, rows, cols) logits that the ventral view there is right."""
+
+    def __init__(self, features: int, shape: tuple[int, int]) -> None:
+        super().__init__()
+        self.shape = tuple(shape)
+        self.register_buffer("mean", torch.zeros(features))
+        self.register_buffer("scale", torch.ones(features))
+        self.head = nn.Linear(features, shape[0] * shape[1])
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head((features - self.mean) / self.scale).unflatten(1, self.shape)
+
+
+@dataclass(frozen=True)
+class DorsalTraining:
+    """How a head is trained: epochs of full-batch AdamW, learning rate, weight decay, target, seed."""
+
+    epochs: int = 300
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    target: str = "correct"
+    seed: int = 0
+
+
+def fit_dorsal(features: torch.Tensor, targets: torch.Tensor, shape: tuple[int, int],
+               settings: DorsalTraining = DorsalTraining()) -> DorsalNetwork:
+    """A dorsal head fitted to ``targets`` (N, rows, cols) in [0, 1] from ``features`` (N, D)."""
+    torch.manual_seed(settings.seed)
+    net = DorsalNetwork(features.shape[1], shape)
+    net.mean.copy_(features.mean(0))
+    net.scale.copy_(features.std(0).clamp_min(1e-6))
+    train(net, lambda logits, t: F.binary_cross_entropy_with_logits(logits, t), features, targets.float(),
+          epochs=settings.epochs, lr=settings.lr, weight_decay=settings.weight_decay, seed=settings.seed)
+    return net
+
+
+def save_dorsal(net: DorsalNetwork, path: str | Path, meta: dict) -> Path:
+    """Weights and plain-typed metadata (layout, glimpse, backbone, training) in one file for ``weights_only``."""
+    torch.save({"state_dict": net.state_dict(), "features": int(net.mean.numel()), "shape": list(net.shape),
+                "meta": meta}, path)
+    return Path(path)
+
+
+def load_dorsal(path: str | Path) -> tuple[DorsalNetwork, dict]:
+    """A saved dorsal network and its metadata, loaded with ``torch.load(weights_only=True)``."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError) as exc:
+        raise NeuroprobeError(f"cannot load a dorsal network from {path} ({exc})") from exc
+    net = DorsalNetwork(saved["features"], tuple(saved["shape"]))
+    net.load_state_dict(saved["state_dict"])
+    return net.eval(), saved["meta"]
+
+
+def fold_of(n: int, folds: int, seed: int = 0) -> np.ndarray:
+    """Fold index (0..folds-1) of each of n items, balanced, in a seeded random order."""
+    if not 2 <= folds <= n:
+        raise NeuroprobeError(f"--folds must lie in 2..{n} (the number of usable images)")
+    order = np.random.default_rng(seed).permutation(n)
+    fold = np.empty(n, dtype=np.int64)
+    fold[order] = np.arange(n) % folds
+    return fold
+
+
+def cross_validated_maps(features: torch.Tensor, targets: torch.Tensor, shape: tuple[int, int], folds: int = 5,
+                         settings: DorsalTraining = DorsalTraining()) -> tuple[np.ndarray, np.ndarray,
+                                                                               list[DorsalNetwork]]:
+    """Dorsal logits (N, rows, cols) of every item from a head trained on the other folds; the folds and heads."""
+    fold = fold_of(len(features), folds, settings.seed)
+    logits = np.empty((len(features), *shape), dtype=np.float32)
+    nets = []
+    for k in range(folds):
+        held = torch.from_numpy(fold == k)
+        net = fit_dorsal(features[~held], targets[~held], shape, settings)
+        with torch.no_grad():
+            logits[held.numpy()] = net(features[held]).numpy()
+        nets.append(net)
+        log.info("dorsal fold %d/%d: trained on %d, scored %d", k + 1, folds, int((~held).sum()), int(held.sum()))
+    return logits, fold, nets
+
+
+def training_meta(settings: DorsalTraining, glimpse: Glimpse, layer: str, backbone: LoadedModel,
+                  fixations: dict) -> dict:
+    """What a saved head needs to be used again: plain types only (``weights_only`` loading)."""
+    return {"training": asdict(settings), "glimpse": asdict(glimpse), "layer": layer,
+            "backbone": {k: v for k, v in backbone.provenance.items() if isinstance(v, (str, int, float))},
+            "fixations": fixations}
+
+
+class ActiveVision:
+    """The whole loop on new images: glimpse -> dorsal map -> saccade(s) -> ventral views -> class.
+
+    ``ventral`` classifies the views (a :class:`~neuroprobe.retina.likelihood.ViewClassifier`); the
+    dorsal map scores the fixations; :func:`~neuroprobe.retina.active.saccades` does the rest. The
+    ventral network is run on every view of the layout (the likelihood map of the image), so that
+    IGUB refinement and several saccades cost nothing more; the store-based evaluation reads the same
+    numbers from a likelihood store.
+    """
+
+    def __init__(self, dorsal: DorsalNetwork, encoder: GlimpseEncoder, ventral, fixations, **options) -> None:
+        self.dorsal, self.encoder, self.ventral, self.fixations = dorsal, encoder, ventral, fixations
+        self.options = options
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor, preprocessing) -> dict[str, np.ndarray]:
+        """uint8 (B, 3, H, W) images at the source resolution -> prediction, path, confidence, dorsal map."""
+        from .active import saccades
+
+        scores = self.dorsal(self.encoder(images).cpu())
+        logits = self.ventral(preprocessing.normalize(images.to(self.encoder.device)), self.fixations)
+        log_probability = logits.log_softmax(-1).cpu().numpy()
+        prediction, path, confidence = saccades(log_probability, scores.flatten(1).numpy(),
+                                                self.fixations.center_index, **self.options)
+        return {"prediction": prediction, "path": path, "confidence": confidence,
+                "dorsal": torch.sigmoid(scores).numpy()}

@@ -1,0 +1,258 @@
+"""The two jobs of the retina tools, as the CLI runs them: visual search and active vision, to CSV + PNG."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+
+from ..analysis.verify import model_of
+from ..data import ImageDataset, Manifest, read_manifest
+from ..device import resolve_device
+from ..errors import NeuroprobeError
+from ..loader import image_batches
+from ..maps.methods import attribute
+from ..models import LoadedModel, load_model
+from .active import saccades
+from .dorsal import (DorsalTraining, Glimpse, GlimpseEncoder, cross_validated_maps, save_dorsal, training_meta)
+from .figures import accuracy_figure, dorsal_figure, likelihood_figure, views_on_image
+from .likelihood import LikelihoodStore, ViewSettings, likelihood_maps
+from .search import accuracy_table, visual_search
+
+log = logging.getLogger(__name__)
+
+
+def _save(fig: plt.Figure, path: Path) -> None:
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def search_report(model: str | LoadedModel, data: str | Path | Manifest, out: str | Path, *, examples: int = 4,
+                  attribution: Sequence[str] = ("gradcam", "dff"), **options) -> pd.DataFrame:
+    """Likelihood store, per-image search table, accuracy summary and figures in ``out``; returns the summary.
+
+    ``options`` go to :func:`likelihood_maps` (layout, n, radius, view, padding, batch_size, device, ...).
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    loaded = model if isinstance(model, LoadedModel) else load_model(model, options.pop("weights", None))
+    manifest = data if isinstance(data, Manifest) else read_manifest(data)
+    store = LikelihoodStore.open(likelihood_maps(loaded, manifest, out / "likelihood.zarr", **options))
+    result = visual_search(store)
+    result.table.to_csv(out / "search.csv", index=False)
+    result.summary.to_csv(out / "summary.csv", index=False)
+    settings = store.settings["view"]
+    _save(accuracy_figure(result.summary, title=f"{loaded.name}: {store.fixations.layout} layout, "
+                          f"{len(store.fixations)} {settings['kind']} views, {result.summary.n.max()} images"),
+          out / "accuracy.png")
+    shown = _example_rows(result.table, examples)
+    if len(shown):
+        _example_figures(loaded, manifest, store, result.table, shown, out, attribution, options.get("device"))
+    return result.summary
+
+
+def _example_rows(table: pd.DataFrame, examples: int) -> np.ndarray:
+    """Labelled images for the figures: the first ones whose centre view is wrong but some view is right
+    (where search matters), then the first others."""
+    centre = table[table.policy == "centre"].set_index("image")
+    oracle = table[table.policy == "oracle"].set_index("image")
+    labelled = centre.index[centre.target >= 0]
+    helped = [i for i in labelled if centre.at[i, "correct"] == 0 and oracle.at[i, "correct"] == 1]
+    rest = [i for i in labelled if i not in set(helped)]
+    return np.array((helped[: (examples + 1) // 2] + rest)[:examples], dtype=np.int64)
+
+
+def _example_figures(loaded: LoadedModel, manifest: Manifest, store: LikelihoodStore, table: pd.DataFrame,
+                     rows: np.ndarray, out: Path, attribution: Sequence[str], device: str | None) -> None:
+    dev = resolve_device(device)
+    module = loaded.module.to(dev).eval()
+    dataset = ImageDataset(manifest, loaded.preprocessing)
+    images = torch.stack([dataset[int(r)][1] for r in rows])
+    labels = store.group["target"].oindex[rows]
+    lp = store.group["log_probability"].oindex[rows].astype(np.float32)
+    likelihood = np.exp(lp[np.arange(len(rows)), :, :, labels])
+    x = loaded.preprocessing.normalize(images.to(dev))
+    maps = {name: attribute(module, x, torch.as_tensor(labels, device=dev), name).map[:, 0].detach().cpu().numpy()
+            for name in attribution}
+    pictures = [img.permute(1, 2, 0).numpy() for img in images]
+    label_rows = table[table.policy == "label"].set_index("image")
+    titles = [f"{Path(p).name}\nlabel {t}, centre view {'right' if c else 'wrong'}"
+              for p, t, c in zip(manifest.table["path"].iloc[rows], labels,
+                                 table[table.policy == "centre"].set_index("image").loc[rows, "correct"], strict=True)]
+    _save(likelihood_figure(pictures, likelihood, store.fixations, {m.replace("gradcam", "Grad-CAM").upper()
+                                                                      if m == "dff" else m.replace("gradcam", "Grad-CAM"): v
+                                                                      for m, v in maps.items()}, titles),
+          out / "likelihood_maps.png")
+    settings = ViewSettings(**{k: v for k, v in store.settings["view"].items()})
+    source = settings.source(loaded.preprocessing)
+    first = int(rows[0])
+    picture = source.to_uint8(_load(manifest, first))
+    best = int(label_rows.at[first, "fixation"])
+    centre = store.fixations.center_index
+    centers, radii = store.fixations.flat()
+    pick = [centre, best]
+    views = settings.views(picture[None].float() / 255, (centers[pick], radii[pick]))[0]
+    _save(views_on_image(picture.permute(1, 2, 0).numpy(), store.fixations, likelihood[0],
+                         [v.permute(1, 2, 0).clamp(0, 1).numpy() for v in views],
+                         ["centre view", "label-driven best view"],
+                         f"{Path(manifest.table['path'].iat[first]).name}: fields coloured by p(label)", pick),
+          out / "views.png")
+
+
+def _load(manifest: Manifest, row: int):
+    from ..data import load_image
+
+    return load_image(manifest.absolute(row))
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
+    """Mean of a - b over paired 0/1 outcomes with a 95% normal interval (the paired Wald interval)."""
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    half = 1.959964 * d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")
+    return float(d.mean()), float(d.mean() - half), float(d.mean() + half)
+
+
+def saccade_report(likelihood: str | Path, data: str | Path | Manifest, out: str | Path, *, folds: int = 5,
+                   seed: int = 0, count: int = 3, candidates: int = 5, glimpse: int = 64,
+                   training: DorsalTraining | None = None, batch_size: int = 32, device: str | None = None,
+                   examples: int = 4) -> pd.DataFrame:
+    """Cross-validated dorsal networks on a likelihood store and the active-vision evaluation; returns the summary.
+
+    Writes dorsal_fold<k>.pt (``weights_only`` loadable), active_vision.csv (per image and policy),
+    summary.csv (accuracy, 95% interval, difference from the centre view with its interval, share of the
+    centre -> oracle gap closed) and figures.
+    """
+    out = Path(out)
+    store = LikelihoodStore.open(likelihood)
+    manifest = data if isinstance(data, Manifest) else read_manifest(data)
+    if manifest.fingerprint() != store.settings["data"]:
+        raise NeuroprobeError(f"--data is not the image table {likelihood} was made from; pass that table")
+    training = training or DorsalTraining(seed=seed)
+    images = store.images()
+    usable = np.flatnonzero(images["done"].to_numpy() & (images["status"].to_numpy() == "ok")
+                            & (images["target"].to_numpy() >= 0))
+    if len(usable) < folds:
+        raise NeuroprobeError(f"{likelihood} has {len(usable)} finished labelled images; cross-validation needs at "
+                              f"least --folds ({folds})")
+    out.mkdir(parents=True, exist_ok=True)
+    fixations, centre = store.fixations, store.fixations.center_index
+    backbone = model_of(likelihood)
+    dev = resolve_device(device)
+    encoder = GlimpseEncoder(backbone, Glimpse(glimpse), device=dev)
+    settings = ViewSettings(**store.settings["view"])
+    features = glimpse_features(encoder, manifest, usable, settings.source(backbone.preprocessing), batch_size, dev)
+    group = store.group
+    labels = group["target"].oindex[usable]
+    top1 = group["top1"].oindex[usable]
+    if training.target == "correct":
+        targets = top1 == labels[:, None, None]
+    else:
+        targets = np.exp(np.stack([group["log_probability"].oindex[[r]][0][..., t].astype(np.float32)
+                                   for r, t in zip(usable, labels, strict=True)]))
+    targets = torch.as_tensor(targets, dtype=torch.float32)
+    logits, fold, nets = cross_validated_maps(features, targets, fixations.shape, folds, training)
+    meta = training_meta(training, encoder.glimpse, encoder.layer, backbone, fixations.to_attrs())
+    for k, net in enumerate(nets):
+        save_dorsal(net, out / f"dorsal_fold{k}.pt", meta | {"fold": k, "folds": folds,
+                                                               "held_out": usable[fold == k].tolist()})
+    table, maps = _evaluate(group, usable, labels, logits, targets.numpy(), fold, centre, count, candidates, seed)
+    table.insert(1, "path", images["path"].to_numpy()[table["image"].to_numpy()])
+    table.to_csv(out / "active_vision.csv", index=False)
+    summary = _summary(table)
+    summary.to_csv(out / "summary.csv", index=False)
+    _save(accuracy_figure(summary, names={}, title=f"active vision, {folds}-fold cross-validated, "
+                                                    f"{len(usable)} images, {fixations.layout} layout"),
+          out / "accuracy.png")
+    shown = usable[:examples]
+    source = settings.source(backbone.preprocessing)
+    pictures = [source.to_uint8(_load(manifest, int(r))).permute(1, 2, 0).numpy() for r in shown]
+    dorsal_rows = table[table.policy == "dorsal"].set_index("image")
+    _save(dorsal_figure(pictures, 1 / (1 + np.exp(-logits[:examples])), targets.numpy()[:examples], fixations,
+                        [int(dorsal_rows.at[r, "fixation_1"]) for r in shown],
+                        [f"{Path(images['path'].iat[r]).name} (fold {fold[i]})" for i, r in enumerate(shown)]),
+          out / "dorsal_maps.png")
+    return summary
+
+
+def glimpse_features(encoder: GlimpseEncoder, manifest: Manifest, rows: np.ndarray, source, batch_size: int,
+                     dev: torch.device) -> torch.Tensor:
+    """Backbone features (len(rows), D) of each image's glimpse, decoded as the likelihood store's source."""
+    batches = [rows[i:i + batch_size].tolist() for i in range(0, len(rows), batch_size)]
+    parts = []
+    for batch in image_batches(manifest, source, batches, dev, workers=0):
+        if not batch.ok.all():
+            bad = [r for r, ok in zip(batch.rows, batch.ok, strict=True) if not ok]
+            raise NeuroprobeError(f"image row(s) {bad} were readable when the likelihood store was made and are not now")
+        parts.append(encoder(batch.images.to(dev)).cpu())
+    return torch.cat(parts)
+
+
+VARIANTS = {   # name: (score map, saccade options)
+    "dorsal": ("dorsal", dict(count=1, combine="last", stop=False, revisit_centre=True)),
+    "dorsal+evidence": ("dorsal", dict(combine="product", stop=True)),
+    "dorsal+igub": ("dorsal", dict(combine="product", stop=True, refine="igub")),
+    "prior+evidence": ("prior", dict(combine="product", stop=True)),
+    "random+evidence": ("random", dict(combine="product", stop=True)),
+    "perfect dorsal+evidence": ("actual", dict(combine="product", stop=True)),
+}
+
+
+def _evaluate(group, usable: np.ndarray, labels: np.ndarray, logits: np.ndarray, actual: np.ndarray,
+              fold: np.ndarray, centre: int, count: int, candidates: int, seed: int,
+              chunk: int = 128) -> tuple[pd.DataFrame, dict]:
+    """Every variant of the loop on every usable image (chunk by chunk), as a tidy table."""
+    n = len(usable)
+    flat_logits = logits.reshape(n, -1)
+    flat_actual = actual.reshape(n, -1).astype(np.float64)
+    prior = np.empty_like(flat_actual)
+    for k in np.unique(fold):   # the mean outcome map of the training folds: a fixed, image-blind policy
+        prior[fold == k] = flat_actual[fold != k].mean(0)
+    maps = {"dorsal": flat_logits, "prior": prior, "actual": flat_actual,
+            "random": np.random.default_rng(seed).random(flat_logits.shape)}
+    records = []
+    for start in range(0, n, chunk):
+        part = slice(start, start + chunk)
+        lp = group["log_probability"].oindex[usable[part]].astype(np.float32)
+        lp = lp.reshape(len(lp), -1, lp.shape[-1])
+        y = labels[part]
+        top1 = group["top1"].oindex[usable[part]].reshape(len(lp), -1)
+        base = {"image": usable[part], "target": y, "fold": fold[part]}
+        records.append(pd.DataFrame(base | {"policy": "centre", "prediction": top1[:, centre],
+                                            "saccades": 0, "fixation_1": -1}))
+        for name, (source, options) in VARIANTS.items():
+            options = {"count": count, "candidates": candidates} | options
+            prediction, path, confidence = saccades(lp, maps[source][part], centre, **options)
+            frame = pd.DataFrame(base | {"policy": name, "prediction": prediction,
+                                         "saccades": (path >= 0).sum(1), "confidence": confidence})
+            for step in range(path.shape[1]):
+                frame[f"fixation_{step + 1}"] = path[:, step]
+            records.append(frame)
+        records.append(pd.DataFrame(base | {"policy": "oracle", "prediction": np.where(
+            (top1 == y[:, None]).any(1), y, top1[:, centre]), "saccades": -1, "fixation_1": -1}))
+    table = pd.concat(records, ignore_index=True)
+    table["correct"] = table["prediction"] == table["target"]
+    order = ["centre", *VARIANTS, "oracle"]
+    table["policy"] = pd.Categorical(table["policy"], categories=order, ordered=True)
+    table = table.sort_values(["policy", "image"], kind="stable").reset_index(drop=True)
+    table["policy"] = table["policy"].astype(str)
+    return table, maps
+
+
+def _summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy per policy with its interval, the paired difference from the centre view, the gap closed."""
+    summary = accuracy_table(table)
+    centre = table[table.policy == "centre"].sort_values("image")["correct"].to_numpy()
+    oracle = table[table.policy == "oracle"].sort_values("image")["correct"].to_numpy()
+    gap = oracle.mean() - centre.mean()
+    diffs = []
+    for policy in summary["policy"]:
+        outcome = table[table.policy == policy].sort_values("image")["correct"].to_numpy()
+        mean, low, high = paired_difference(outcome, centre)
+        diffs.append({"vs_centre": mean, "vs_centre_low": low, "vs_centre_high": high,
+                      "gap_closed": mean / gap if gap > 0 else float("nan"),
+                      "mean_saccades": table[table.policy == policy]["saccades"].clip(lower=0).mean()})
+    return pd.concat([summary, pd.DataFrame(diffs)], axis=1)
