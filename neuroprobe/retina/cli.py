@@ -40,6 +40,8 @@ def add_commands(sub, model_args) -> None:
     p.add_argument("--views-per-pass", type=int, default=64, help="views per forward pass (default: %(default)s)")
     p.add_argument("--examples", type=int, default=4, help="images in the figures (default: %(default)s)")
     p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when present)")
+    p.add_argument("--amp", choices=["bf16", "fp16", "none"], default="none",
+                   help="autocast the views' forward pass (probabilities are computed in float32)")
     p.add_argument("--out", required=True, help="folder for the store, tables and figures")
     p.add_argument("--overwrite", action="store_true", help="replace a likelihood store made with other settings")
 
@@ -76,6 +78,7 @@ def _search(args) -> int:
                             radius=args.radius, view=args.view, padding=args.padding, view_size=args.view_size,
                             source_scale=args.source_scale, label_column=args.label_column,
                             batch_size=args.batch_size, views_per_pass=args.views_per_pass, device=args.device,
+                            amp=args.amp,
                             overwrite=args.overwrite, examples=args.examples)
     first = summary.iloc[0]
     print(f"visual search, {first.layout} layout, {first.fixations} {first.view} views, {summary.n.max()} labelled images "

@@ -13,6 +13,7 @@ seconds on the CPU, so k-fold cross-validation (every image scored by a head tha
 from __future__ import annotations
 
 import logging
+import pickle
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -122,10 +123,12 @@ def load_dorsal(path: str | Path) -> tuple[DorsalNetwork, dict]:
     """A saved dorsal network and its metadata, loaded with ``torch.load(weights_only=True)``."""
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError) as exc:
-        raise NeuroprobeError(f"cannot load a dorsal network from {path} ({exc})") from exc
-    net = DorsalNetwork(saved["features"], tuple(saved["shape"]))
-    net.load_state_dict(saved["state_dict"])
+        net = DorsalNetwork(saved["features"], tuple(saved["shape"]))
+        net.load_state_dict(saved["state_dict"])
+    except (OSError, RuntimeError, KeyError, TypeError, pickle.UnpicklingError) as exc:
+        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise NeuroprobeError(f"cannot load a dorsal network from {path} ({reason}); give a file written by "
+                              "save_dorsal / 'neuroprobe saccade'") from exc
     return net.eval(), saved["meta"]
 
 

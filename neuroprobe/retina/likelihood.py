@@ -24,7 +24,7 @@ import torch
 import zarr
 
 from ..data import MAX_PIXELS, Manifest, read_manifest
-from ..device import MEMORY_FORMATS, choose_memory_format, resolve_device
+from ..device import AMP_DTYPES, MEMORY_FORMATS, autocast, choose_memory_format, default_workers, resolve_device
 from ..errors import NeuroprobeError
 from ..loader import image_batches
 from ..malloc import keep_freed_memory_on_cpu
@@ -90,16 +90,23 @@ class ViewClassifier:
     """The model over views: (B, C, H, W) normalized images -> (B, F, classes) log-probabilities and logits."""
 
     def __init__(self, module: torch.nn.Module, settings: ViewSettings, memory_format: str = "auto",
-                 views_per_pass: int = 64) -> None:
+                 views_per_pass: int = 64, amp: str | None = None) -> None:
         self.format = MEMORY_FORMATS[choose_memory_format(module, memory_format)]
         self.module = module.eval().to(memory_format=self.format)
         self.settings = settings
         self.views_per_pass = views_per_pass
+        self.amp = None if amp in (None, "none") else amp
+        if self.amp not in (None, *AMP_DTYPES):
+            raise NeuroprobeError(f"unknown --amp '{amp}'; use bf16, fp16 or none")
 
     def logits(self, views: torch.Tensor) -> torch.Tensor:
-        """(N, C, h, w) views -> (N, classes) logits, ``views_per_pass`` at a time."""
-        outs = [self.module(views[i:i + self.views_per_pass].contiguous(memory_format=self.format))
-                for i in range(0, len(views), self.views_per_pass)]
+        """(N, C, h, w) views -> (N, classes) float32 logits, in equal passes of at most ``views_per_pass``
+        (no small leftover pass), under the classifier's autocast."""
+        passes = -(-len(views) // self.views_per_pass)
+        step = -(-len(views) // passes)
+        with autocast(views.device, self.amp):
+            outs = [self.module(views[i:i + step].contiguous(memory_format=self.format))
+                    for i in range(0, len(views), step)]
         return torch.cat(outs).float()
 
     def __call__(self, images: torch.Tensor, fixations) -> torch.Tensor:
@@ -113,11 +120,13 @@ def likelihood_maps(model: str | LoadedModel, data: str | Path | Manifest, out: 
                     view_size: int | None = None, source_scale: float = 2.0, rs_min: float = RS_MIN,
                     rs_max: float = RS_MAX, label_column: str | None = None, batch_size: int = 4,
                     views_per_pass: int = 64, device: str | None = None, memory_format: str = "auto",
-                    workers: int | None = 0, overwrite: bool = False, max_pixels: int = MAX_PIXELS) -> Path:
+                    amp: str | None = None, workers: int | None = None, overwrite: bool = False,
+                    max_pixels: int = MAX_PIXELS) -> Path:
     """Class probabilities of every view of every image of ``data`` into the likelihood store ``out``.
 
     ``layout`` grid (n=7, radius 0.5) or rings (n=11, outer radius 0.1); ``view`` logpolar or crop.
-    Rerunning the same call resumes; other settings are refused unless ``overwrite``.
+    Rerunning the same call resumes; other settings are refused unless ``overwrite``. ``amp`` (bf16,
+    fp16) autocasts the forward pass; ``workers`` None decodes as :func:`~neuroprobe.extract` does.
     """
     if batch_size < 1 or views_per_pass < 1:
         raise NeuroprobeError("--batch-size and --views-per-pass must be at least 1")
@@ -128,7 +137,9 @@ def likelihood_maps(model: str | LoadedModel, data: str | Path | Manifest, out: 
     labels = labels_of(manifest, label_column)
     dev = resolve_device(device)
     keep_freed_memory_on_cpu(dev)
-    classifier = ViewClassifier(loaded.module.to(dev), settings, memory_format, views_per_pass)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    classifier = ViewClassifier(loaded.module.to(dev), settings, memory_format, views_per_pass, amp)
     with torch.no_grad():
         classes = classifier.logits(torch.zeros(1, 3, settings.size, settings.size, device=dev)).shape[1]
     rows, cols = fixations.shape
@@ -140,7 +151,8 @@ def likelihood_maps(model: str | LoadedModel, data: str | Path | Manifest, out: 
               "target": ArraySpec((), (), "int64", -1)}
     identity = {"model": loaded.name, "provenance": loaded.provenance, "fixations": fixations.to_attrs(),
                 "view": settings.__dict__, "preprocessing": loaded.preprocessing.to_dict(),
-                "label_column": label_column, "data": manifest.fingerprint()}
+                "label_column": label_column, "data": manifest.fingerprint(),
+                **({"amp": classifier.amp} if classifier.amp else {})}
     group = open_map_store(Path(out), KIND, identity, manifest, arrays, overwrite, rows_per_chunk=batch_size)
     group.attrs.update({"fixations": fixations.to_attrs(), "provenance": as_json(loaded.provenance),
                         "preprocessing": loaded.preprocessing.to_dict()})   # what model_of() reads
@@ -151,6 +163,7 @@ def likelihood_maps(model: str | LoadedModel, data: str | Path | Manifest, out: 
     source = settings.source(loaded.preprocessing)
     finished = 0
     with torch.no_grad():
+        workers = default_workers(dev) if workers is None else workers
         for batch in image_batches(manifest, source, batches, dev, workers=workers, max_pixels=max_pixels):
             rows_done = np.asarray(batch.rows)
             ok = batch.ok
