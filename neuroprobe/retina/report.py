@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
+from scipy.special import expit
 
 from ..analysis.verify import model_of
 from ..data import ImageDataset, Manifest, read_manifest
@@ -171,7 +172,7 @@ def saccade_report(likelihood: str | Path, data: str | Path | Manifest, out: str
     source = settings.source(backbone.preprocessing)
     pictures = [source.to_uint8(_load(manifest, int(r))).permute(1, 2, 0).numpy() for r in shown]
     dorsal_rows = table[table.policy == "dorsal"].set_index("image")
-    _save(dorsal_figure(pictures, 1 / (1 + np.exp(-logits[:examples])), targets.numpy()[:examples], fixations,
+    _save(dorsal_figure(pictures, expit(logits[:examples]), targets.numpy()[:examples], fixations,
                         [int(dorsal_rows.at[r, "fixation_1"]) for r in shown],
                         [f"{Path(images['path'].iat[r]).name} (fold {fold[i]})" for i, r in enumerate(shown)]),
           out / "dorsal_maps.png")
