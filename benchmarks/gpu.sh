@@ -17,7 +17,7 @@
 #       run(command="bash benchmarks/gpu.sh", carry=[".whl", ".gpudata"], timeout_s=480)
 #   (start ~1-2 min + at most 7 min here: leaves ~5 min.) To rerun some steps at once, while the
 #   machine is warm (install and machine always run again; steps: gpu-tests extract-fp32
-#   extract-bf16 occlusion attribution):
+#   extract-bf16 occlusion attribution retina):
 #       run(command="GPU_BUDGET_S=200 bash benchmarks/gpu.sh --only extract-bf16,occlusion",
 #           carry=[".whl", ".gpudata"], timeout_s=240)
 #   Otherwise call give_back. The results come back as files under the tool's files_at.
@@ -47,6 +47,9 @@
 #   attribution   benchmarks/attribution.py: EfficientNet-Lite0, batch 32: gradient, guided, SmoothGrad,
 #                 Grad-CAM, DFF, 4-class variants, feedback vs the forward/backward floor, Captum and
 #                 pytorch-grad-cam | --quick, gradient + gradcam + dff only
+#   retina        benchmarks/retina.py: likelihood maps of 64 photos x 49 log-polar views (EfficientNet-Lite0)
+#                 vs the bare forward pass over as many views and the authors' per-image loop |
+#                 2 photos x 4 views, 1 thread
 #
 # Options: --dry-run, --only STEP[,STEP...]. Environment: PYTHON (the interpreter), GPU_BUDGET_S,
 # GPU_RESULTS_DIR (where the results go; default $OUT, else runs/gpu or runs/gpu-dry-run),
@@ -69,7 +72,7 @@ while (($#)); do
     shift
 done
 
-STEPS=(install machine gpu-tests extract-fp32 extract-bf16 occlusion attribution)
+STEPS=(install machine gpu-tests extract-fp32 extract-bf16 occlusion attribution retina)
 for s in ${ONLY//,/ }; do
     [[ " ${STEPS[*]} " == *" $s "* ]] || { echo "gpu.sh: unknown step '$s' (steps: ${STEPS[*]})" >&2; exit 2; }
 done
@@ -96,9 +99,9 @@ export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 
 # caps (s) of each step, and what each later step keeps for itself when an earlier one runs long
 declare -A CAP=([install]=120 [machine]=60 [gpu-tests]=150 [extract-fp32]=200 [extract-bf16]=120 [occlusion]=90
-                [attribution]=150)
+                [attribution]=150 [retina]=60)
 declare -A RESERVE=([install]=20 [machine]=10 [gpu-tests]=60 [extract-fp32]=90 [extract-bf16]=45 [occlusion]=35
-                    [attribution]=60)
+                    [attribution]=60 [retina]=30)
 if (( DRY )); then
     for s in "${STEPS[@]}"; do CAP[$s]=400; RESERVE[$s]=0; done
 fi
@@ -209,6 +212,7 @@ write_results() {
         section "Occlusion: all units of ResNet-18 layer3 vs the floor vs Captum" "$WORK/occlusion.md" occlusion
         section "Attribution: EfficientNet-Lite0 vs the floor, Captum and pytorch-grad-cam" \
             "$WORK/attribution.md" attribution
+        section "Retina: likelihood maps vs the bare forward pass and the authors' loop" "$WORK/retina.md" retina
     } > "$RESULTS.tmp" && mv "$RESULTS.tmp" "$RESULTS"
 }
 
@@ -290,6 +294,8 @@ if (( DRY )); then
         --captum-ppe 64 --rf-layers layer3 --out "$WORK/occlusion.md" --json "$RES/occlusion.json"
     run_step attribution "$PY" benchmarks/attribution.py --quick --device cpu --threads 1 \
         --methods gradient gradcam dff --out "$WORK/attribution.md"
+    run_step retina "$PY" benchmarks/retina.py --device cpu --threads 1 --images 2 --grid 2 \
+        --out "$WORK/retina.md"
 else
     # the image of the CPU runs (benchmarks/results_occlusion.md): the sample's first photo, when carried
     OCCLUDE=()
@@ -298,6 +304,10 @@ else
         --captum-ppe 64 256 1024 "${OCCLUDE[@]}" --out "$WORK/occlusion.md" --json "$RES/occlusion.json"
     run_step attribution "$PY" benchmarks/attribution.py --device cuda --batch 32 --repeats 5 --slow-repeats 3 \
         --threads 8 --out "$WORK/attribution.md"
+    RETINA_DATA=()
+    [[ -f .gpudata/imagenet-sample/labels.csv ]] && RETINA_DATA=(--data .gpudata/imagenet-sample/labels.csv)
+    run_step retina "$PY" benchmarks/retina.py --device cuda --images 64 --batch-size 16 --views-per-pass 392 \
+        --repeats 2 --cudnn-benchmark "${RETINA_DATA[@]}" --out "$WORK/retina.md"
 fi
 
 write_results

@@ -34,6 +34,11 @@ class Manifest:
     def absolute(self, i: int) -> Path:
         return self.root / self.table["path"].iat[i]
 
+    def subset(self, rows) -> "Manifest":
+        """The manifest of ``rows`` (positions, or a slice), renumbered from 0, same root."""
+        table = self.table.iloc[rows] if isinstance(rows, slice) else self.table.iloc[list(rows)]
+        return Manifest(table.reset_index(drop=True), self.root)
+
     def fingerprint(self) -> str:
         """sha256 of the table's CSV form: identifies the data without reading every image."""
         return hashlib.sha256(self.table.to_csv(index=False).encode()).hexdigest()

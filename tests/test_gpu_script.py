@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = ("install", "machine", "gpu-tests", "extract-fp32", "extract-bf16", "occlusion", "attribution")
+STEPS = ("install", "machine", "gpu-tests", "extract-fp32", "extract-bf16", "occlusion", "attribution", "retina")
 SECTIONS = ("## Steps", "## Machine", "## GPU tests", "## Extraction, fp32", "## Extraction, bf16", "## Occlusion",
-            "## Attribution")
+            "## Attribution", "## Retina")
 RAW_FILES = ("gpu-results.md", "gpu-log.txt", "extract-fp32.json", "extract-bf16.json", "occlusion.json",
              "gpu-tests.xml")
 
@@ -58,6 +58,7 @@ def test_dry_run_passes_every_step_and_writes_every_section(tmp_path):
     assert "| thingsvision |" in text or "thingsvision skipped:" in text       # measured, or a clear skip line
     assert "| neuroprobe | layer3 |" in text and "captum Occlusion" in text      # occlusion
     assert "| gradcam | pytorch-grad-cam |" in text and "| dff | pytorch-grad-cam |" in text   # attribution
+    assert "| neuroprobe likelihood_maps |" in text and "authors-style loop" in text   # retina
     assert "packages:" in text                                                   # the machine
 
     # what the device tool brings back from $OUT: at most 8 plain files, 16 MiB each, plain names

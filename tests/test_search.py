@@ -95,3 +95,18 @@ def test_wilson_interval_matches_its_formula():
         centre = (p + z * z / (2 * n)) / (1 + z * z / n)
         half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
         np.testing.assert_allclose(wilson_interval(correct, n), (centre - half, centre + half), atol=1e-9)
+
+
+def test_paired_difference_interval_is_bonett_price_and_never_collapses():
+    from neuroprobe.retina.report import paired_difference
+
+    a = np.array([1] * 30 + [0] * 10 + [1] * 5 + [0] * 55, dtype=bool)   # 5 gained, 10 lost... per pair below
+    b = np.array([1] * 30 + [1] * 10 + [0] * 5 + [0] * 55, dtype=bool)
+    mean, low, high = paired_difference(a, b)
+    n, gained, lost, z = 100, 5, 10, 1.959964
+    p12, p21 = (gained + 1) / (n + 2), (lost + 1) / (n + 2)
+    half = z * np.sqrt((p12 + p21 - (p12 - p21) ** 2) / (n + 2))
+    assert mean == pytest.approx(-0.05)
+    assert (low, high) == pytest.approx((p12 - p21 - half, p12 - p21 + half))
+    mean, low, high = paired_difference(b, b)                             # nothing changes: still an interval
+    assert mean == 0 and low < 0 < high

@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
-from matplotlib.patches import Circle
+from matplotlib.patches import Circle, Rectangle
 
 from .layouts import Fixations
 
@@ -32,13 +32,14 @@ def _map_extent(fixations: Fixations, size: int) -> list[float]:
 
 def views_on_image(image: np.ndarray, fixations: Fixations, values: np.ndarray | None = None,
                    views: Sequence[np.ndarray] = (), view_titles: Sequence[str] = (), ax_title: str = "",
-                   marked: Sequence[int] = ()) -> plt.Figure:
-    """The image with every fixation's field drawn as a circle (coloured by ``values`` (rows, cols) when
-    given), the ``marked`` fixations in bold, and the given views beside it."""
+                   marked: Sequence[int] = (), kind: str = "logpolar", panel: float = 3.2) -> plt.Figure:
+    """The image with every fixation's field drawn (a circle for log-polar views, the square for crop
+    views; coloured by ``values`` (rows, cols) with a colour bar when given), the ``marked`` fixations in
+    red, and the given views beside it. ``panel``: inches per panel."""
     size = image.shape[0]
     centres, radii = _pixels(fixations, size)
-    fig, axes = plt.subplots(1, 1 + len(views), figsize=(3.2 * (1 + len(views)), 3.4), layout="constrained",
-                             squeeze=False)
+    fig, axes = plt.subplots(1, 1 + len(views), figsize=(panel * (1 + len(views)) + (0.6 if values is not None else 0),
+                                                         panel + 0.3), layout="constrained", squeeze=False)
     ax = axes[0, 0]
     ax.imshow(image)
     cmap = plt.get_cmap("viridis")
@@ -46,11 +47,14 @@ def views_on_image(image: np.ndarray, fixations: Fixations, values: np.ndarray |
     for i, ((x, y), r) in enumerate(zip(centres.reshape(-1, 2), radii.reshape(-1), strict=True)):
         colour = "white" if flat_values is None else cmap(float(flat_values[i]))
         bold = i in marked
-        ax.add_patch(Circle((x, y), r, fill=False, lw=2.2 if bold else 0.5, ec="red" if bold else colour,
-                            alpha=1.0 if bold else 0.6))
-        ax.plot(x, y, ".", ms=3, color="red" if bold else colour)
-    ax.set_title(ax_title or f"{fixations.layout}: {len(fixations)} fixations", fontsize=9)
+        style = dict(fill=False, lw=2.2 if bold else 0.9, ec="red" if bold else colour, alpha=1.0 if bold else 0.8)
+        ax.add_patch(Rectangle((x - r, y - r), 2 * r, 2 * r, **style) if kind == "crop" else Circle((x, y), r, **style))
+        ax.plot(x, y, "o", ms=3.5, color="red" if bold else colour)
+    ax.set_title(ax_title or f"{fixations.layout}: {len(fixations)} fixations", fontsize=9, pad=6)
     ax.axis("off")
+    if flat_values is not None:
+        fig.colorbar(plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, 1)), ax=ax, shrink=0.8,
+                     label="p(label | view)")
     for k, (view, title) in enumerate(zip(views, list(view_titles) + [""] * len(views), strict=False), start=1):
         axes[0, k].imshow(view)
         axes[0, k].set_title(title, fontsize=9)
@@ -74,7 +78,7 @@ def likelihood_figure(images: Sequence[np.ndarray], likelihood: np.ndarray, fixa
                                     extent=_map_extent(fixations, size), interpolation="nearest")
         axes[row, 1].set_xlim(0, size)
         axes[row, 1].set_ylim(size, 0)
-        axes[row, 1].set_title("likelihood map p(label | view)", fontsize=8)
+        axes[row, 1].set_title("p(label | view) at each fixation", fontsize=8)
         for c, (name, maps) in enumerate(attributions.items(), start=2):
             m = maps[row]
             axes[row, c].imshow(image, alpha=0.45)
@@ -83,42 +87,39 @@ def likelihood_figure(images: Sequence[np.ndarray], likelihood: np.ndarray, fixa
             axes[row, c].set_title(name, fontsize=8)
         for ax in axes[row]:
             ax.axis("off")
-    fig.colorbar(shown, ax=axes[:, 1], shrink=0.5, label="p(label | view)")
+    fig.colorbar(shown, ax=axes, shrink=0.4, label="p(label | view); attribution maps scaled to their maximum")
     return fig
 
 
 def accuracy_figure(summary: pd.DataFrame, column: str = "policy", names: dict | None = None,
                     hue: str | None = None, title: str = "") -> plt.Figure:
-    """Accuracy per policy with 95% intervals (the seed's Figures 4 and 5); ``hue`` splits by layout/view."""
+    """Accuracy per policy with 95% intervals (the seed's Figures 4 and 5); ``hue`` splits by layout/view.
+
+    Bars and error bars are placed from the same table rows, so an interval can never sit on the
+    wrong bar; the legend goes outside the axes."""
     names = POLICY_NAMES if names is None else names
     data = summary.copy()
     data["name"] = data[column].map(lambda p: names.get(p, p))
-    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * data["name"].nunique() * (1 if hue is None else 1.4), 3.6),
+    x_order = list(dict.fromkeys(data["name"]))
+    levels = list(dict.fromkeys(data[hue])) if hue else [None]
+    width = 0.8 / len(levels)
+    colours = sns.color_palette("deep", len(levels)) if hue else ["steelblue"]
+    fig, ax = plt.subplots(figsize=(1.2 + 0.75 * len(x_order) * max(1, 0.6 * len(levels)), 3.6),
                            layout="constrained")
-    sns.barplot(data=data, x="name", y="accuracy", hue=hue, ax=ax, errorbar=None,
-                palette="deep" if hue else None, color=None if hue else "steelblue")
-    for bar, (_, row) in zip(ax.patches, _bar_order(data, hue).iterrows(), strict=False):
-        x = bar.get_x() + bar.get_width() / 2
-        ax.errorbar(x, row.accuracy, yerr=[[row.accuracy - row.ci_low], [row.ci_high - row.accuracy]],
-                    color="black", capsize=2, lw=1)
+    for k, level in enumerate(levels):
+        rows = data if level is None else data[data[hue] == level]
+        xs = np.array([x_order.index(n) for n in rows["name"]]) - 0.4 + width * (k + 0.5)
+        acc = rows["accuracy"].to_numpy(dtype=float)
+        ax.bar(xs, acc, width=width * 0.95, color=colours[k], label=None if level is None else str(level))
+        ax.errorbar(xs, acc, yerr=[acc - rows["ci_low"].to_numpy(float), rows["ci_high"].to_numpy(float) - acc],
+                    fmt="none", ecolor="black", capsize=2, lw=1)
+    ax.set_xticks(range(len(x_order)), x_order, rotation=30, ha="right", fontsize=8)
     ax.set_ylim(0, 1.02)
-    ax.set_xlabel("")
     ax.set_ylabel("top-1 accuracy (95% Wilson interval)")
-    ax.tick_params(axis="x", labelrotation=30, labelsize=8)
     ax.set_title(title, fontsize=9)
     if hue:
-        ax.legend(fontsize=7, title=hue, title_fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, title=hue, title_fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig
-
-
-def _bar_order(data: pd.DataFrame, hue: str | None) -> pd.DataFrame:
-    """Rows in the order seaborn draws bars: hue level by hue level, x order within each."""
-    x_order = list(dict.fromkeys(data["name"]))
-    if hue is None:
-        return data.set_index("name").loc[x_order].reset_index()
-    parts = [data[data[hue] == level].set_index("name").reindex(x_order).reset_index()
-             for level in dict.fromkeys(data[hue])]
-    return pd.concat(parts, ignore_index=True).dropna(subset=["accuracy"])
 
 
 def dorsal_figure(images: Sequence[np.ndarray], predicted: np.ndarray, actual: np.ndarray, fixations: Fixations,

@@ -81,8 +81,9 @@ def _example_figures(loaded: LoadedModel, manifest: Manifest, store: LikelihoodS
             for name in attribution}
     pictures = [img.permute(1, 2, 0).numpy() for img in images]
     label_rows = table[table.policy == "label"].set_index("image")
-    titles = [f"{Path(p).name}\nlabel {t}, centre view {'right' if c else 'wrong'}"
-              for p, t, c in zip(manifest.table["path"].iloc[rows], labels,
+    names = manifest.table["class_name"].iloc[rows] if "class_name" in manifest.table.columns else labels
+    titles = [f"{Path(p).name}\n{t}, centre view {'right' if c else 'wrong'}"
+              for p, t, c in zip(manifest.table["path"].iloc[rows], names,
                                  table[table.policy == "centre"].set_index("image").loc[rows, "correct"], strict=True)]
     _save(likelihood_figure(pictures, likelihood, store.fixations, {m.replace("gradcam", "Grad-CAM").upper()
                                                                       if m == "dff" else m.replace("gradcam", "Grad-CAM"): v
@@ -100,7 +101,8 @@ def _example_figures(loaded: LoadedModel, manifest: Manifest, store: LikelihoodS
     _save(views_on_image(picture.permute(1, 2, 0).numpy(), store.fixations, likelihood[0],
                          [v.permute(1, 2, 0).clamp(0, 1).numpy() for v in views],
                          ["centre view", "label-driven best view"],
-                         f"{Path(manifest.table['path'].iat[first]).name}: fields coloured by p(label)", pick),
+                         f"{Path(manifest.table['path'].iat[first]).name}: fields coloured by p(label)", pick,
+                         kind=settings.kind),
           out / "views.png")
 
 
@@ -110,11 +112,22 @@ def _load(manifest: Manifest, row: int):
     return load_image(manifest.absolute(row))
 
 
-def paired_difference(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
-    """Mean of a - b over paired 0/1 outcomes with a 95% normal interval (the paired Wald interval)."""
-    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-    half = 1.959964 * d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")
-    return float(d.mean()), float(d.mean() - half), float(d.mean() + half)
+def paired_difference(a: np.ndarray, b: np.ndarray, z: float = 1.959964) -> tuple[float, float, float]:
+    """Difference of two paired proportions (mean of a - b over 0/1 outcomes) and its 95% interval.
+
+    The interval is Bonett & Price's (2012) adjusted Wald interval for paired proportions: it adds one
+    to each discordant count, so it stays honest when few (or no) images change outcome, where the
+    plain Wald interval collapses to a point.
+    """
+    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+    n = len(a)
+    if n == 0:
+        return float("nan"), float("nan"), float("nan")
+    gained, lost = int((a & ~b).sum()), int((~a & b).sum())
+    p12, p21 = (gained + 1) / (n + 2), (lost + 1) / (n + 2)
+    centre = p12 - p21
+    half = z * np.sqrt(max(p12 + p21 - centre ** 2, 0.0) / (n + 2))
+    return (gained - lost) / n, float(max(centre - half, -1.0)), float(min(centre + half, 1.0))
 
 
 def saccade_report(likelihood: str | Path, data: str | Path | Manifest, out: str | Path, *, folds: int = 5,
