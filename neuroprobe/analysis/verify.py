@@ -16,8 +16,17 @@ from ..store import read_images
 
 
 def model_of(store: str | Path) -> LoadedModel:
-    """The model a store was made with, from its provenance, with the store's own preprocessing."""
+    """The model a store was made with, from its provenance, with the store's own preprocessing.
+
+    Extraction stores keep provenance and preprocessing at the top of their attributes; map stores
+    (occlusion, saliency, likelihood) inside their settings, where they are read from as well.
+    """
     attrs = dict(zarr.open_group(str(store), mode="r").attrs)
+    if "provenance" not in attrs:
+        settings = [v for v in attrs.values() if isinstance(v, dict) and "provenance" in v]
+        if not settings:
+            raise NeuroprobeError(f"{store} does not record the model it was made with; pass model=load_model(...)")
+        attrs = {**settings[0], **attrs}
     provenance = attrs["provenance"]
     weights = provenance.get("weights")
     if provenance.get("weights_package"):  # the offline model's shipped file
@@ -28,8 +37,9 @@ def model_of(store: str | Path) -> LoadedModel:
     if provenance.get("weights_sha256") and loaded.provenance.get("weights_sha256") != provenance["weights_sha256"]:
         raise NeuroprobeError("the weights file changed since the store was made (sha256 differs); "
                               "pass model=load_model(...) with the original weights")
-    prep = attrs["preprocessing"]
-    loaded.preprocessing = Preprocessing(**{**prep, "mean": tuple(prep["mean"]), "std": tuple(prep["std"])})
+    prep = attrs.get("preprocessing")
+    if prep:
+        loaded.preprocessing = Preprocessing(**{**prep, "mean": tuple(prep["mean"]), "std": tuple(prep["std"])})
     return loaded
 
 

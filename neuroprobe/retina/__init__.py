@@ -1,0 +1,13 @@
+"""Retinotopic views, likelihood maps, visual search policies and a dual-pathway active-vision model."""
+from .active import saccades
+from .dorsal import ActiveVision, DorsalNetwork, Glimpse, GlimpseEncoder, load_dorsal, save_dorsal
+from .layouts import Fixations, fixation_grid, fixation_rings, make_layout
+from .likelihood import LikelihoodStore, ViewClassifier, ViewSettings, likelihood_maps
+from .report import saccade_report, search_report
+from .search import POLICIES, igub, visual_search
+from .views import inverse_views, retinotopic_views
+
+__all__ = ["POLICIES", "ActiveVision", "DorsalNetwork", "Fixations", "Glimpse", "GlimpseEncoder", "LikelihoodStore",
+           "ViewClassifier", "ViewSettings", "fixation_grid", "fixation_rings", "igub", "inverse_views",
+           "likelihood_maps", "load_dorsal", "make_layout", "retinotopic_views", "saccade_report", "saccades",
+           "save_dorsal", "search_report", "visual_search"]
