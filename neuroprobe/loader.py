@@ -8,6 +8,7 @@ decodes to, so no copy is made on the host) and the per-image records.
 """
 from __future__ import annotations
 
+import functools
 import os
 import queue
 import threading
@@ -80,24 +81,28 @@ def _spare_core(device: torch.device) -> bool:
 def in_background(iterable: Iterable, depth: int = 2, idle: bool = False) -> Iterator:
     """Iterate ``iterable`` in a daemon thread, ``depth`` items ahead; its exceptions re-raise here.
 
-    ``idle``: the thread runs at Linux's SCHED_IDLE priority, on cycles no other thread wants. When
-    it shares the cores with torch's OpenMP team, a decoder at normal priority takes a core from one
-    member and the others wait for it at every op; at idle priority it cannot, and at worst decoding
-    happens while the model waits for it, as if in turn.
+    ``idle``: the thread runs at Linux's SCHED_IDLE priority while it is ahead of the consumer, on
+    cycles no other thread wants. When it shares the cores with torch's OpenMP team, a decoder at
+    normal priority takes a core from one member and the others wait for it at every op; at idle
+    priority it cannot. But an idle thread starves when other processes keep every core busy (a
+    shared machine), so whenever the consumer finds nothing to take it raises the thread to normal
+    priority (the model is waiting anyway), and the thread drops back to idle once it is ``depth``
+    items ahead. Where the process may not raise a thread back (no CAP_SYS_NICE, RLIMIT_NICE < 20)
+    the thread never goes idle.
     """
     items: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
+    priority = _DecoderPriority() if idle and _idle_is_reversible() else None
 
     def produce() -> None:
-        if idle and hasattr(os, "SCHED_IDLE"):
-            try:
-                os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # 0: this thread
-            except OSError:  # not permitted in this container: normal priority
-                pass
+        if priority is not None:
+            priority.attach()
         try:
             for item in iterable:
                 if not _put(items, item, stop):
                     return
+                if priority is not None and items.full():
+                    priority.set(idle=True)
             _put(items, _DONE, stop)
         except BaseException as exc:  # handed to the consumer, raised there
             _put(items, _Failure(exc), stop)
@@ -106,7 +111,12 @@ def in_background(iterable: Iterable, depth: int = 2, idle: bool = False) -> Ite
     thread.start()
     try:
         while True:
-            item = items.get()
+            try:
+                item = items.get_nowait()
+            except queue.Empty:
+                if priority is not None:
+                    priority.set(idle=False)
+                item = items.get()
             if item is _DONE:
                 return
             if isinstance(item, _Failure):
@@ -115,6 +125,52 @@ def in_background(iterable: Iterable, depth: int = 2, idle: bool = False) -> Ite
     finally:
         stop.set()
         thread.join(timeout=10)
+
+
+class _DecoderPriority:
+    """The decoding thread's scheduling policy, switched from either thread: idle or normal."""
+
+    def __init__(self) -> None:
+        self.tid: int | None = None
+        self.idle = False
+        self.lock = threading.Lock()
+
+    def attach(self) -> None:
+        """Called by the decoding thread itself: remember it, start at idle priority."""
+        self.tid = threading.get_native_id()
+        self.set(idle=True)
+
+    def set(self, idle: bool) -> None:
+        with self.lock:
+            if self.tid is None or self.idle == idle:
+                return
+            try:
+                os.sched_setscheduler(self.tid, os.SCHED_IDLE if idle else os.SCHED_OTHER, os.sched_param(0))
+            except OSError:  # not permitted here: keep the current policy
+                return
+            self.idle = idle
+
+
+@functools.cache
+def _idle_is_reversible() -> bool:
+    """Whether a thread of this process that went to SCHED_IDLE may come back to normal priority
+    (tried once, in a throwaway thread)."""
+    if not hasattr(os, "SCHED_IDLE"):
+        return False
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=probe, name="neuroprobe-priority-probe", daemon=True)
+    thread.start()
+    thread.join()
+    return bool(result and result[0])
 
 
 @dataclass
