@@ -7,7 +7,8 @@ goes to the best-scored fixation not yet visited (or, with ``refine="igub"``, to
 new view's likelihood alone (``combine="last"``: the seed's Figure 7, where the ventral network classifies
 the new view) or the renormalised product of the belief and the new view (``combine="product"``).
 With ``stop=True`` the loop ends after the first saccade that does not raise the belief's confidence
-(its largest probability); what that saccade saw is kept in the belief (a view seen is not unseen).
+(its largest probability); what that saccade saw is kept in the belief (a view seen is not unseen), or,
+with ``keep_falling=False``, dropped (the loop answers with its most confident belief).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ COMBINES = ("product", "last")
 
 def saccades(log_probability: np.ndarray, scores: np.ndarray, centre: int, *, count: int = 1,
              combine: str = "product", refine: str = "none", candidates: int = 5, stop: bool = True,
-             revisit_centre: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+             revisit_centre: bool = False, keep_falling: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Predictions (n,), fixation paths (n, count; -1 where the loop stopped) and final confidence (n,).
 
     ``log_probability`` (n, F, K) of every view; ``scores`` (n, F) of the fixation map (higher = look
@@ -53,8 +54,8 @@ def saccades(log_probability: np.ndarray, scores: np.ndarray, centre: int, *, co
         new = belief + view if combine == "product" else view
         new = new - _logsumexp(new)[:, None]
         new_confidence = new.max(1)
-        take = active
         rising = new_confidence > confidence
+        take = active if keep_falling or not stop else active & rising
         belief[take], confidence[take] = new[take], new_confidence[take]
         visited[rows[take], target[take]] = True
         path[take, step] = target[take]

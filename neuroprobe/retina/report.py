@@ -171,7 +171,7 @@ def saccade_report(likelihood: str | Path, data: str | Path | Manifest, out: str
     logits, fold, nets = cross_validated_maps(features, targets, fixations.shape, folds, training)
     meta = training_meta(training, encoder.glimpse, encoder.layer, backbone, fixations.to_attrs())
     for k, net in enumerate(nets):
-        save_dorsal(net, out / f"dorsal_fold{k}.pt", meta | {"fold": k, "folds": folds,
+        save_dorsal(net, out / f"dorsal_fold{k}.pt", meta | {"fold": k, "folds": folds, "l2": float(net.l2),
                                                                "held_out": usable[fold == k].tolist()})
     table, maps = _evaluate(group, usable, labels, logits, targets.numpy(), fold, centre, count, candidates, seed)
     table.insert(1, "path", images["path"].to_numpy()[table["image"].to_numpy()])
