@@ -123,7 +123,7 @@ def accuracy_figure(summary: pd.DataFrame, column: str = "policy", names: dict |
 
 
 def dorsal_figure(images: Sequence[np.ndarray], predicted: np.ndarray, actual: np.ndarray, fixations: Fixations,
-                  chosen: Sequence[int], titles: Sequence[str]) -> plt.Figure:
+                  chosen: Sequence[int], titles: Sequence[str], kind: str = "logpolar") -> plt.Figure:
     """Per image: the photo with the chosen saccade, the dorsal map (predicted p(ventral right)) and where
     the ventral network really was right."""
     fig, axes = plt.subplots(len(images), 3, figsize=(7.8, 2.6 * len(images)), layout="constrained", squeeze=False)
@@ -133,7 +133,9 @@ def dorsal_figure(images: Sequence[np.ndarray], predicted: np.ndarray, actual: n
         axes[row, 0].imshow(image)
         if chosen[row] >= 0:
             (x, y), r = centres.reshape(-1, 2)[chosen[row]], radii.reshape(-1)[chosen[row]]
-            axes[row, 0].add_patch(Circle((x, y), r, fill=False, ec="red", lw=2))
+            style = dict(fill=False, ec="red", lw=2)
+            axes[row, 0].add_patch(Rectangle((x - r, y - r), 2 * r, 2 * r, **style) if kind == "crop"
+                                   else Circle((x, y), r, **style))
             axes[row, 0].plot(x, y, "r+", ms=10)
         axes[row, 0].set_title(titles[row], fontsize=8)
         for ax, values, name in ((axes[row, 1], predicted[row], "dorsal map (cross-validated)"),

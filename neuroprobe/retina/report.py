@@ -187,7 +187,8 @@ def saccade_report(likelihood: str | Path, data: str | Path | Manifest, out: str
     dorsal_rows = table[table.policy == "dorsal"].set_index("image")
     _save(dorsal_figure(pictures, expit(logits[:examples]), targets.numpy()[:examples], fixations,
                         [int(dorsal_rows.at[r, "fixation_1"]) for r in shown],
-                        [f"{Path(images['path'].iat[r]).name} (fold {fold[i]})" for i, r in enumerate(shown)]),
+                        [f"{Path(images['path'].iat[r]).name} (fold {fold[i]})" for i, r in enumerate(shown)],
+                        kind=settings.kind),
           out / "dorsal_maps.png")
     return summary
 
