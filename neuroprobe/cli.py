@@ -224,9 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=4, help="mosaics per pass (default: %(default)s)")
     p.add_argument("--out", required=True, help="folder for the CSV tables and the figure")
 
+    from .attention.cli import add_commands as add_attention_commands
     from .retina.cli import add_commands as add_retina_commands
 
     add_retina_commands(sub, _model_args)
+    add_attention_commands(sub, _model_args)
 
     p = sub.add_parser("info", help="what a store holds and how complete it is")
     p.add_argument("store")
@@ -237,10 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _retina_commands() -> dict:
+def _tool_commands() -> dict:
+    """Subcommands that live beside their tools (retina, attention)."""
+    from .attention.cli import COMMANDS as ATTENTION
     from .retina.cli import COMMANDS as RETINA
 
-    return RETINA
+    return {**RETINA, **ATTENTION}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -253,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
 
     keep_freed_memory()
     try:
-        return {**COMMANDS, **_retina_commands()}[args.command](args)
+        return {**COMMANDS, **_tool_commands()}[args.command](args)
     except NeuroprobeError as exc:
         print(f"neuroprobe: error: {exc}", file=sys.stderr)
         return 2

@@ -1,7 +1,10 @@
 """Attention modules trained with importance maps (GALA), harmonization, and human-alignment scores."""
-from .alignment import alignment_scores, spearman_rows
+from .align_report import align
+from .alignment import CLICKME_CEILING, alignment_scores, alignment_summary, spearman_rows, split_half_ceiling
+from .clickme import read_clickme_npz, read_clickme_tfrecords
 from .gala import GALA, add_gala
 from .losses import GALAAttentionLoss, HarmonizationLoss, pyramid, standardize_cut
 
-__all__ = ["GALA", "GALAAttentionLoss", "HarmonizationLoss", "add_gala", "alignment_scores", "pyramid",
-           "spearman_rows", "standardize_cut"]
+__all__ = ["CLICKME_CEILING", "GALA", "GALAAttentionLoss", "HarmonizationLoss", "add_gala", "align", "alignment_scores",
+           "alignment_summary", "pyramid", "read_clickme_npz", "read_clickme_tfrecords", "spearman_rows",
+           "split_half_ceiling", "standardize_cut"]
