@@ -17,7 +17,7 @@
 #       run(command="bash benchmarks/gpu.sh", carry=[".whl", ".gpudata"], timeout_s=480)
 #   (start ~1-2 min + at most 7 min here: leaves ~5 min.) To rerun some steps at once, while the
 #   machine is warm (install and machine always run again; steps: gpu-tests extract-fp32
-#   extract-bf16 occlusion attribution retina):
+#   extract-bf16 occlusion attribution retina alignment):
 #       run(command="GPU_BUDGET_S=200 bash benchmarks/gpu.sh --only extract-bf16,occlusion",
 #           carry=[".whl", ".gpudata"], timeout_s=240)
 #   Otherwise call give_back. The results come back as files under the tool's files_at.
@@ -50,6 +50,8 @@
 #   retina        benchmarks/retina.py: likelihood maps of 64 photos x 49 log-polar views (EfficientNet-Lite0)
 #                 vs the bare forward pass over as many views and the authors' per-image loop |
 #                 2 photos x 4 views, 1 thread
+#   alignment     benchmarks/alignment.py: Spearman of 800 maps of 224 px batched vs a scipy loop; a harmonization
+#                 training step vs cross-entropy alone (EfficientNet-Lite0, batch 32) | 16 maps, batch 2
 #
 # Options: --dry-run, --only STEP[,STEP...]. Environment: PYTHON (the interpreter), GPU_BUDGET_S,
 # GPU_RESULTS_DIR (where the results go; default $OUT, else runs/gpu or runs/gpu-dry-run),
@@ -72,7 +74,7 @@ while (($#)); do
     shift
 done
 
-STEPS=(install machine gpu-tests extract-fp32 extract-bf16 occlusion attribution retina)
+STEPS=(install machine gpu-tests extract-fp32 extract-bf16 occlusion attribution retina alignment)
 for s in ${ONLY//,/ }; do
     [[ " ${STEPS[*]} " == *" $s "* ]] || { echo "gpu.sh: unknown step '$s' (steps: ${STEPS[*]})" >&2; exit 2; }
 done
@@ -99,9 +101,9 @@ export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 
 # caps (s) of each step, and what each later step keeps for itself when an earlier one runs long
 declare -A CAP=([install]=120 [machine]=60 [gpu-tests]=150 [extract-fp32]=200 [extract-bf16]=120 [occlusion]=90
-                [attribution]=150 [retina]=60)
+                [attribution]=150 [retina]=60 [alignment]=60)
 declare -A RESERVE=([install]=20 [machine]=10 [gpu-tests]=60 [extract-fp32]=90 [extract-bf16]=45 [occlusion]=35
-                    [attribution]=60 [retina]=30)
+                    [attribution]=60 [retina]=30 [alignment]=30)
 if (( DRY )); then
     for s in "${STEPS[@]}"; do CAP[$s]=400; RESERVE[$s]=0; done
 fi
@@ -213,6 +215,8 @@ write_results() {
         section "Attribution: EfficientNet-Lite0 vs the floor, Captum and pytorch-grad-cam" \
             "$WORK/attribution.md" attribution
         section "Retina: likelihood maps vs the bare forward pass and the authors' loop" "$WORK/retina.md" retina
+        section "Alignment: batched Spearman vs scipy, harmonization step vs cross-entropy" "$WORK/alignment.md" \
+            alignment
     } > "$RESULTS.tmp" && mv "$RESULTS.tmp" "$RESULTS"
 }
 
@@ -296,6 +300,8 @@ if (( DRY )); then
         --methods gradient gradcam dff --out "$WORK/attribution.md"
     run_step retina "$PY" benchmarks/retina.py --device cpu --threads 1 --images 2 --grid 2 \
         --out "$WORK/retina.md"
+    run_step alignment "$PY" benchmarks/alignment.py --device cpu --threads 1 --images 16 --batch 8 \
+        --train-batch 2 --repeats 1 --out "$WORK/alignment.md"
 else
     # the image of the CPU runs (benchmarks/results_occlusion.md): the sample's first photo, when carried
     OCCLUDE=()
@@ -308,6 +314,8 @@ else
     [[ -f .gpudata/imagenet-sample/labels.csv ]] && RETINA_DATA=(--data .gpudata/imagenet-sample/labels.csv)
     run_step retina "$PY" benchmarks/retina.py --device cuda --images 64 --batch-size 16 --views-per-pass 392 \
         --repeats 2 --cudnn-benchmark "${RETINA_DATA[@]}" --out "$WORK/retina.md"
+    run_step alignment "$PY" benchmarks/alignment.py --device cuda --images 800 --batch 800 --train-batch 32 \
+        --out "$WORK/alignment.md"
 fi
 
 write_results

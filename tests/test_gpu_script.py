@@ -13,9 +13,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = ("install", "machine", "gpu-tests", "extract-fp32", "extract-bf16", "occlusion", "attribution", "retina")
+STEPS = ("install", "machine", "gpu-tests", "extract-fp32", "extract-bf16", "occlusion", "attribution", "retina",
+         "alignment")
 SECTIONS = ("## Steps", "## Machine", "## GPU tests", "## Extraction, fp32", "## Extraction, bf16", "## Occlusion",
-            "## Attribution", "## Retina")
+            "## Attribution", "## Retina", "## Alignment")
 RAW_FILES = ("gpu-results.md", "gpu-log.txt", "extract-fp32.json", "extract-bf16.json", "occlusion.json",
              "gpu-tests.xml")
 
@@ -59,6 +60,7 @@ def test_dry_run_passes_every_step_and_writes_every_section(tmp_path):
     assert "| neuroprobe | layer3 |" in text and "captum Occlusion" in text      # occlusion
     assert "| gradcam | pytorch-grad-cam |" in text and "| dff | pytorch-grad-cam |" in text   # attribution
     assert "| neuroprobe likelihood_maps |" in text and "authors-style loop" in text   # retina
+    assert "scipy loop" in text and "CE + harmonization" in text                       # alignment
     assert "packages:" in text                                                   # the machine
 
     # what the device tool brings back from $OUT: at most 8 plain files, 16 MiB each, plain names

@@ -13,7 +13,7 @@ CLICKME_CEILING = 0.6575315343478081    # serre-lab/Harmonization's HUMAN_SPEARM
 def average_ranks(values: torch.Tensor) -> torch.Tensor:
     """Ranks (1-based) of each row of (B, N) ``values``, ties sharing their average rank (scipy's rankdata)."""
     batch, n = values.shape
-    order = values.argsort(dim=1, stable=True)
+    order = values.argsort(dim=1)            # any order within a tie: the group gets its mean rank
     ordered = values.gather(1, order)
     new_group = torch.ones_like(ordered, dtype=torch.bool)
     new_group[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
