@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,8 +14,11 @@ from neuroprobe.attention import GALA, GALAAttentionLoss, HarmonizationLoss, add
 from neuroprobe.attention.alignment import alignment_scores, alignment_summary, spearman_rows, split_half_ceiling
 from neuroprobe.attention.maps import preprocess_human_maps
 from neuroprobe.capture import probe
+from neuroprobe.data import ImageDataset, read_manifest
 from neuroprobe.errors import NeuroprobeError
 from neuroprobe.models import load_model
+
+SAMPLE_CSV = Path(__file__).resolve().parents[1] / "data" / "sample" / "labels.csv"
 
 
 def conv_numpy(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, pad: int) -> np.ndarray:
@@ -202,3 +206,25 @@ def test_spearman_alignment_and_intervals_equal_scipy():
     raters = torch.from_numpy(np.repeat(saliency[:, None], 4, axis=1))   # four identical raters
     assert split_half_ceiling(raters) == pytest.approx(1.0)
     assert preprocess_human_maps(torch.from_numpy(human), 224).shape == (6, 224, 224)
+
+
+def test_extract_stores_gala_attention_maps(tmp_path):
+    """The attention of an inserted module is a layer like any other: extract pools it into a store."""
+    import neuroprobe as npb
+
+    loaded = load_model("efficientnet_lite0")
+    (gala,) = add_gala(loaded.module, ["blocks.3.0"]).values()
+    with torch.no_grad():
+        gala.alpha.fill_(0.5)                                     # a trained-looking module: A varies
+    manifest = read_manifest(SAMPLE_CSV).subset(range(3))
+    store = npb.extract(loaded, manifest, ["blocks.3.0.gala.attention"], tmp_path / "run.zarr", batch_size=3)
+    layer = npb.open_layer(store, "blocks.3.0.gala.attention")
+    values = {}
+    dataset = ImageDataset(manifest, loaded.preprocessing)
+    x = loaded.preprocessing.normalize(torch.stack([dataset[i][1] for i in range(3)]))
+    handle = gala.attention.register_forward_hook(lambda m, a, out: values.setdefault("a", out.detach()))
+    with torch.no_grad():
+        loaded.module(x)
+    handle.remove()
+    np.testing.assert_allclose(layer["mean"].values, values["a"].mean((2, 3)).numpy(), rtol=1e-5, atol=1e-6)
+    assert float(layer["min"].min()) > 0 and float(layer["max"].max()) < 1   # a sigmoid's range
