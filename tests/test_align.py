@@ -61,6 +61,17 @@ def test_align_equals_autograd_and_scipy(data, tmp_path):
     assert (tmp_path / "out" / "alignment.png").stat().st_size > 0
 
 
+def test_maps_from_a_column_of_the_table_give_the_same_scores(data, tmp_path):
+    table = pd.read_csv(data / "five.csv")
+    table["map"] = [str((data / "maps" / Path(p).relative_to("/").with_suffix(".png")).relative_to(data))
+                    if i < 4 else "" for i, p in enumerate(table["path"])]
+    table.to_csv(data / "five-maps.csv", index=False)
+    assert run_main(["align", "--data", data / "five-maps.csv", "--maps", "map", "--out", tmp_path / "a"])[0] == 0
+    assert run_main(["align", "--data", data / "five.csv", "--maps", data / "maps", "--out", tmp_path / "b"])[0] == 0
+    a, b = (pd.read_csv(tmp_path / name / "alignment.csv") for name in ("a", "b"))
+    np.testing.assert_allclose(a.spearman, b.spearman)
+
+
 def test_align_errors_are_one_line(data, tmp_path):
     code, _, err = run_main(["align", "--data", data / "five.csv", "--maps", tmp_path / "nowhere", "--out", tmp_path])
     assert code == 2 and "--maps" in err and len(err.strip().splitlines()) == 1

@@ -29,11 +29,15 @@ MAP_SUFFIXES = (".png", ".jpg", ".jpeg", ".npy")
 
 
 def map_paths(manifest: Manifest, maps: str | Path) -> list[Path | None]:
-    """The map file of each image (None where there is none): ``maps/<relative path without suffix>.<suffix>``
-    (an absolute image path is mirrored without its leading ``/``)."""
+    """The map file of each image (None where there is none): either a column of the image table holding
+    each map's path (relative to the table's folder; empty for none), or a folder mirroring the image
+    paths, ``maps/<relative path without suffix>.<suffix>`` (an absolute path without its leading ``/``)."""
+    if isinstance(maps, str) and maps in manifest.table.columns:
+        return [None if (not isinstance(p, str) or not p) else manifest.root / p for p in manifest.table[maps]]
     root = Path(maps)
     if not root.is_dir():
-        raise NeuroprobeError(f"--maps {maps} is not a folder; give the folder whose files mirror the image paths")
+        raise NeuroprobeError(f"--maps {maps} is neither a folder nor a column of the image table; give the folder "
+                              "whose files mirror the image paths, or the column of map paths")
     found = []
     for path in manifest.table["path"]:
         relative = Path(path).relative_to(Path(path).anchor) if Path(path).is_absolute() else Path(path)
@@ -118,7 +122,7 @@ def _figure(loaded: LoadedModel, manifest: Manifest, table: pd.DataFrame, paths,
     dataset = ImageDataset(manifest, loaded.preprocessing)
     images = torch.stack([dataset[int(i)][1] for i in picked["image"]])
     x = loaded.preprocessing.normalize(images.to(dev))
-    saliency = attribute(loaded.module, x, torch.as_tensor(picked["label"].to_numpy(), device=dev), method,
+    saliency = attribute(loaded.module, x, torch.tensor(picked["label"].to_numpy(), device=dev), method,
                          **options).map[:, 0].detach().cpu().numpy()
     human = preprocess_human_maps(torch.stack([load_map(paths[int(i)], loaded.preprocessing) for i in picked["image"]]),
                                   loaded.preprocessing.crop).numpy()

@@ -13,7 +13,8 @@ def add_commands(sub, model_args) -> None:
                                    "(mean alignment, 95%% t-interval, top-1) and alignment.png (best and worst).")
     model_args(p)
     p.add_argument("--data", required=True, help="folder of images or CSV with a 'path' column and class indices")
-    p.add_argument("--maps", required=True, help="folder of human maps mirroring the image paths")
+    p.add_argument("--maps", required=True,
+                   help="folder of human maps mirroring the image paths, or the image table's column of map paths")
     p.add_argument("--method", default="gradient",
                    help="attribution method (default: %(default)s, |input gradient| max over channels, as the authors)")
     p.add_argument("--label-column", default="class_index", help="column of class indices (default: %(default)s)")
@@ -28,7 +29,7 @@ def _align(args) -> int:
     from .align_report import align
     from .alignment import CLICKME_CEILING
 
-    summary = align(args.model, args.data, args.maps, args.out, weights=args.weights, method=args.method,
+    summary = align(args.model, args.data, str(args.maps), args.out, weights=args.weights, method=args.method,
                     label_column=args.label_column, ceiling=args.ceiling or CLICKME_CEILING,
                     batch_size=args.batch_size, device=args.device)
     row = summary.iloc[0]
