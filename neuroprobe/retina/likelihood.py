@@ -169,7 +169,7 @@ def likelihood_maps(model: str | LoadedModel, data: str | Path | Manifest, out: 
             ok = batch.ok
             if ok.any():
                 images = source.normalize(batch.images[torch.from_numpy(ok)].to(dev))
-                _write(group, rows_done[ok], classifier(images, fixations), labels[rows_done[ok]])
+                _write(group, rows_done[ok], classifier(images, fixations))
             group["target"].oindex[rows_done] = labels[rows_done]
             mark_done(group, rows_done, ok, batch.reasons)
             finished += len(rows_done)
@@ -178,7 +178,7 @@ def likelihood_maps(model: str | LoadedModel, data: str | Path | Manifest, out: 
     return Path(out)
 
 
-def _write(group: zarr.Group, rows: np.ndarray, logits: torch.Tensor, labels: np.ndarray) -> None:
+def _write(group: zarr.Group, rows: np.ndarray, logits: torch.Tensor) -> None:
     """Per view: log-softmax (float16) and the top-1 class, probability, logit and normalizer (float32)."""
     rows_, cols = group["top1"].shape[1:]
     logits = logits.unflatten(1, (rows_, cols))

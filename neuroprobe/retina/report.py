@@ -12,7 +12,7 @@ import torch
 from scipy.special import expit
 
 from ..analysis.verify import model_of
-from ..data import ImageDataset, Manifest, read_manifest
+from ..data import ImageDataset, Manifest, load_image, read_manifest
 from ..device import resolve_device
 from ..errors import NeuroprobeError
 from ..loader import image_batches
@@ -25,6 +25,7 @@ from .likelihood import LikelihoodStore, ViewSettings, likelihood_maps
 from .search import accuracy_table, visual_search
 
 log = logging.getLogger(__name__)
+METHOD_NAMES = {"gradcam": "Grad-CAM", "dff": "DFF"}
 
 
 def _save(fig: plt.Figure, path: Path) -> None:
@@ -85,9 +86,8 @@ def _example_figures(loaded: LoadedModel, manifest: Manifest, store: LikelihoodS
     titles = [f"{Path(p).name}\n{t}, centre view {'right' if c else 'wrong'}"
               for p, t, c in zip(manifest.table["path"].iloc[rows], names,
                                  table[table.policy == "centre"].set_index("image").loc[rows, "correct"], strict=True)]
-    _save(likelihood_figure(pictures, likelihood, store.fixations, {m.replace("gradcam", "Grad-CAM").upper()
-                                                                      if m == "dff" else m.replace("gradcam", "Grad-CAM"): v
-                                                                      for m, v in maps.items()}, titles),
+    _save(likelihood_figure(pictures, likelihood, store.fixations,
+                            {METHOD_NAMES.get(m, m): v for m, v in maps.items()}, titles),
           out / "likelihood_maps.png")
     settings = ViewSettings(**{k: v for k, v in store.settings["view"].items()})
     source = settings.source(loaded.preprocessing)
@@ -107,8 +107,6 @@ def _example_figures(loaded: LoadedModel, manifest: Manifest, store: LikelihoodS
 
 
 def _load(manifest: Manifest, row: int):
-    from ..data import load_image
-
     return load_image(manifest.absolute(row))
 
 
@@ -173,7 +171,7 @@ def saccade_report(likelihood: str | Path, data: str | Path | Manifest, out: str
     for k, net in enumerate(nets):
         save_dorsal(net, out / f"dorsal_fold{k}.pt", meta | {"fold": k, "folds": folds, "l2": float(net.l2),
                                                                "held_out": usable[fold == k].tolist()})
-    table, maps = _evaluate(group, usable, labels, logits, targets.numpy(), fold, centre, count, candidates, seed)
+    table = _evaluate(group, usable, labels, logits, targets.numpy(), fold, centre, count, candidates, seed)
     table.insert(1, "path", images["path"].to_numpy()[table["image"].to_numpy()])
     table.to_csv(out / "active_vision.csv", index=False)
     summary = _summary(table)
@@ -218,7 +216,7 @@ VARIANTS = {   # name: (score map, saccade options)
 
 def _evaluate(group, usable: np.ndarray, labels: np.ndarray, logits: np.ndarray, actual: np.ndarray,
               fold: np.ndarray, centre: int, count: int, candidates: int, seed: int,
-              chunk: int = 128) -> tuple[pd.DataFrame, dict]:
+              chunk: int = 128) -> pd.DataFrame:
     """Every variant of the loop on every usable image (chunk by chunk), as a tidy table."""
     n = len(usable)
     flat_logits = logits.reshape(n, -1)
@@ -254,7 +252,7 @@ def _evaluate(group, usable: np.ndarray, labels: np.ndarray, logits: np.ndarray,
     table["policy"] = pd.Categorical(table["policy"], categories=order, ordered=True)
     table = table.sort_values(["policy", "image"], kind="stable").reset_index(drop=True)
     table["policy"] = table["policy"].astype(str)
-    return table, maps
+    return table
 
 
 def _summary(table: pd.DataFrame) -> pd.DataFrame:
