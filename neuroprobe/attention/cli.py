@@ -1,4 +1,4 @@
-"""``python -m neuroprobe align``: the attention tools' subcommands (registered by :mod:`neuroprobe.cli`)."""
+"""``python -m neuroprobe align`` and ``train-attention``: the attention tools' subcommands (registered by :mod:`neuroprobe.cli`)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,6 +24,35 @@ def add_commands(sub, model_args) -> None:
     p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when present)")
     p.add_argument("--out", required=True, help="folder for the tables and the figure")
 
+    p = sub.add_parser("train-attention", help="fine-tune a model with GALA modules and a map loss",
+                       description="Insert GALA (global-and-local attention) modules before the --gala blocks and "
+                                   "fine-tune on images with importance maps (the same --data/--maps as align): "
+                                   "cross-entropy plus the --loss: none, gala (attention supervision, Linsley et al.) "
+                                   "or harmonization (pyramidal saliency loss with double backpropagation, Fel et al.). "
+                                   "Writes checkpoint.pt (load it with --weights in every command, with the same "
+                                   "--model), metrics.csv (per step) and training.png.")
+    model_args(p)
+    p.add_argument("--gala", nargs="+", required=True, metavar="LAYER",
+                   help="blocks to put a GALA module before (see 'layers'; e.g. blocks.4.0 blocks.5.0 for "
+                        "efficientnet_lite0, layer3.0 ... layer3.5 for resnet50 as in the paper)")
+    p.add_argument("--loss", choices=["gala", "harmonization", "none"], required=True,
+                   help="map loss added to the cross-entropy")
+    p.add_argument("--data", required=True, help="folder of images or CSV with a 'path' column and class indices")
+    p.add_argument("--maps", required=True,
+                   help="folder of importance maps mirroring the image paths, or the image table's column of map paths")
+    p.add_argument("--label-column", default="class_index", help="column of class indices (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=200, help="training batches (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=8, help="images per batch (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (default: %(default)s)")
+    p.add_argument("--weight", type=float, default=None,
+                   help="weight of the map loss (default: 1 for gala, 0.05 for harmonization)")
+    p.add_argument("--trainable", choices=["all", "after", "gala"], default="after",
+                   help="parameters that train: all, those from the first GALA block on, or only GALA's "
+                        "(default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and batch order (default: 0)")
+    p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when present)")
+    p.add_argument("--out", required=True, help="folder for checkpoint.pt, metrics.csv and training.png")
+
 
 def _align(args) -> int:
     from .align_report import align
@@ -40,4 +69,25 @@ def _align(args) -> int:
     return 0
 
 
-COMMANDS = {"align": _align}
+def _train_attention(args) -> int:
+    from .train import summarize_history, train_attention_run
+
+    if args.steps < 1 or args.batch_size < 1:
+        from ..errors import NeuroprobeError
+
+        raise NeuroprobeError("--steps and --batch-size must be at least 1")
+    tuned = train_attention_run(args.model, args.data, str(args.maps), args.out, args.gala, args.loss,
+                                weights=args.weights, label_column=args.label_column, steps=args.steps,
+                                batch_size=args.batch_size, lr=args.lr, weight=args.weight, trainable=args.trainable,
+                                seed=args.seed, device=args.device)
+    s = summarize_history(tuned.history)
+    print(f"trained {args.steps} steps: cross-entropy {s['first_cross_entropy']:.3f} -> {s['last_cross_entropy']:.3f}, "
+          f"map loss {s['first_map_loss']:.3f} -> {s['last_map_loss']:.3f}, "
+          f"batch top-1 {s['first_accuracy']:.2f} -> {s['last_accuracy']:.2f} (means of the first and last 20 steps)")
+    checkpoint = Path(args.out).resolve() / "checkpoint.pt"
+    print(f"checkpoint, metrics.csv and training.png in {checkpoint.parent}")
+    print(f"use it with: --model {args.model} --weights {checkpoint}")
+    return 0
+
+
+COMMANDS = {"align": _align, "train-attention": _train_attention}

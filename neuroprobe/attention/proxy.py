@@ -9,9 +9,9 @@ the gradient. A proxy for the paper's ClickMe result, not a reproduction of it.
 """
 from __future__ import annotations
 
-import copy
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -24,8 +24,7 @@ from ..maps.methods import attribute
 from ..maps.pointing import cell_masks, compose_mosaic, grid_pointing_score
 from ..models import LoadedModel
 from .alignment import spearman_rows
-from .gala import add_gala
-from .losses import GALAAttentionLoss, HarmonizationLoss
+from .train import train_attention
 
 log = logging.getLogger(__name__)
 VARIANTS = ("none", "gala", "harmonization")
@@ -48,6 +47,11 @@ class Mosaics:
     labels: torch.Tensor
     cells: torch.Tensor
     maps: torch.Tensor
+
+    def dataset(self) -> torch.utils.data.TensorDataset:
+        """(image, label, map, has_map, ok) items, as :func:`train_attention` reads them."""
+        ones = torch.ones(len(self.labels), dtype=torch.bool)
+        return torch.utils.data.TensorDataset(self.images, self.labels, self.maps, ones, ones)
 
 
 def object_mosaics(loaded: LoadedModel, manifest: Manifest, rows: Sequence[int], n: int, labels: np.ndarray,
@@ -74,48 +78,27 @@ def object_mosaics(loaded: LoadedModel, manifest: Manifest, rows: Sequence[int],
     return Mosaics(torch.stack(images), torch.tensor(targets), cells_t, masks)
 
 
-def fine_tune(loaded: LoadedModel, layers: Sequence[str], variant: str, data: Mosaics, *, steps: int = 60,
-              batch_size: int = 8, lr: float = 1e-4, weight: float | None = None, seed: int = 0) -> LoadedModel:
-    """A copy of ``loaded`` with GALA before ``layers``, fine-tuned on ``data`` with cross-entropy plus the
-    ``variant``'s map loss (none, gala, harmonization; ``weight`` default 1 for gala, 0.05 for harmonization,
-    whose pyramid error is ~50x the cross-entropy at the start); every parameter trains except BatchNorm
-    statistics (frozen), AdamW, seeded batches."""
-    weight = weight if weight is not None else (0.05 if variant == "harmonization" else 1.0)
-    torch.manual_seed(seed)
-    model = LoadedModel(copy.deepcopy(loaded.module), loaded.preprocessing, dict(loaded.provenance))
-    modules = add_gala(model.module, layers)
-    attention: list[torch.Tensor] = []
-    hooks = [m.attention.register_forward_hook(lambda _m, _a, out: attention.append(out)) for m in modules.values()]
-    gala_loss, harmonization = GALAAttentionLoss(weight), HarmonizationLoss(weight)
-    optimizer = torch.optim.AdamW(model.module.parameters(), lr=lr)
-    generator = torch.Generator().manual_seed(seed)
-    model.module.train()
-    for module in model.module.modules():       # batch statistics of 8 mosaics would overwrite ImageNet's
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            module.eval()
-    history = []
-    for step in range(steps):
-        index = torch.randint(len(data.labels), (batch_size,), generator=generator)
-        x = loaded.preprocessing.normalize(data.images[index])
-        y, maps = data.labels[index], data.maps[index]
-        has_map = torch.ones(batch_size, dtype=torch.bool)
-        attention.clear()
-        optimizer.zero_grad(set_to_none=True)
-        if variant == "harmonization":
-            extra, logits = harmonization(model.module, x, y, maps, has_map)
-        else:
-            logits = model.module(x)
-            extra = gala_loss(attention, maps, has_map) if variant == "gala" else logits.new_zeros(())
-        loss = F.cross_entropy(logits, y) + extra
-        loss.backward()
-        optimizer.step()
-        history.append({"step": step + 1, "loss": float(loss.detach()), "map_loss": float(extra.detach())})
-    for hook in hooks:
-        hook.remove()
-    model.module.eval()
-    model.provenance["fine_tuned"] = {"variant": variant, "gala": list(layers), "steps": steps}
-    model.history = pd.DataFrame(history)
-    return model
+def save_mosaics(mosaics: Mosaics, folder: str | Path) -> Path:
+    """Write mosaics as files the CLI reads: images/<k>.png, maps/<k>.png (the cell white) and mosaics.csv
+    (path, class_index, map, cell); returns the table's path (``--data`` with ``--maps map``)."""
+    from PIL import Image
+
+    folder = Path(folder)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    (folder / "maps").mkdir(exist_ok=True)
+    rows = []
+    for k in range(len(mosaics.labels)):
+        Image.fromarray(mosaics.images[k].permute(1, 2, 0).numpy()).save(folder / "images" / f"{k:05d}.png")
+        Image.fromarray((mosaics.maps[k].numpy() * 255).astype(np.uint8)).save(folder / "maps" / f"{k:05d}.png")
+        rows.append({"path": f"images/{k:05d}.png", "class_index": int(mosaics.labels[k]),
+                     "map": f"maps/{k:05d}.png", "cell": int(mosaics.cells[k])})
+    pd.DataFrame(rows).to_csv(folder / "mosaics.csv", index=False)
+    return folder / "mosaics.csv"
+
+
+def fine_tune(loaded: LoadedModel, layers: Sequence[str], variant: str, data: Mosaics, **options) -> LoadedModel:
+    """:func:`~neuroprobe.attention.train.train_attention` on the mosaics (``variant``: none, gala, harmonization)."""
+    return train_attention(loaded, layers, variant, data.dataset(), **options)
 
 
 def evaluate(model: LoadedModel, data: Mosaics, batch_size: int = 16) -> pd.DataFrame:
