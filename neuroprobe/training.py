@@ -1,4 +1,4 @@
-"""The one training loop: seeded mini-batch Adam over in-memory tensors, with a per-epoch history.
+"""Training on in-memory tensors: seeded mini-batch Adam, with a per-epoch history (heads on frozen features).
 
 Small on purpose: heads on frozen features (the dorsal network of :mod:`neuroprobe.retina.dorsal`) train
 in seconds on the CPU. Every run is reproducible from its seed (data order and initialisation).

@@ -4,7 +4,8 @@ from .alignment import CLICKME_CEILING, alignment_scores, alignment_summary, spe
 from .clickme import read_clickme_npz, read_clickme_tfrecords
 from .gala import GALA, add_gala
 from .losses import GALAAttentionLoss, HarmonizationLoss, pyramid, standardize_cut
+from .train import train_attention
 
 __all__ = ["CLICKME_CEILING", "GALA", "GALAAttentionLoss", "HarmonizationLoss", "add_gala", "align", "alignment_scores",
            "alignment_summary", "pyramid", "read_clickme_npz", "read_clickme_tfrecords", "spearman_rows",
-           "split_half_ceiling", "standardize_cut"]
+           "split_half_ceiling", "standardize_cut", "train_attention"]

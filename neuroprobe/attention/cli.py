@@ -43,12 +43,12 @@ def add_commands(sub, model_args) -> None:
     p.add_argument("--label-column", default="class_index", help="column of class indices (default: %(default)s)")
     p.add_argument("--steps", type=int, default=200, help="training batches (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=8, help="images per batch (default: %(default)s)")
-    p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default: %(default)s)")
     p.add_argument("--weight", type=float, default=None,
                    help="weight of the map loss (default: 1 for gala, 0.05 for harmonization)")
-    p.add_argument("--trainable", choices=["all", "after", "gala"], default="after",
-                   help="parameters that train: all, those from the first GALA block on, or only GALA's "
-                        "(default: %(default)s)")
+    p.add_argument("--trainable", choices=["gala", "after", "all"], default="gala",
+                   help="parameters that train: only GALA's (the pretrained features stay), those from the first "
+                        "GALA block on, or all (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and batch order (default: 0)")
     p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when present)")
     p.add_argument("--out", required=True, help="folder for checkpoint.pt, metrics.csv and training.png")

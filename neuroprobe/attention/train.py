@@ -72,14 +72,15 @@ def trainable_parameters(module: nn.Module, layers: Sequence[str], which: str) -
 
 
 def train_attention(loaded: LoadedModel, layers: Sequence[str], loss: str, data: torch.utils.data.Dataset, *,
-                    steps: int = 200, batch_size: int = 8, lr: float = 1e-4, weight: float | None = None,
-                    trainable: str = "all", reduction: int = 4, seed: int = 0,
+                    steps: int = 200, batch_size: int = 8, lr: float = 1e-3, weight: float | None = None,
+                    trainable: str = "gala", reduction: int = 4, seed: int = 0,
                     device: str | None = None) -> LoadedModel:
     """A copy of ``loaded`` with GALA before ``layers``, fine-tuned for ``steps`` batches on ``data``.
 
     ``loss``: none (cross-entropy only), gala (+ ``weight`` x attention supervision), harmonization
     (+ ``weight`` x the pyramidal saliency loss, double backpropagation). ``weight`` defaults to 1 for gala
-    and 0.05 for harmonization (whose pyramid error is ~50x the cross-entropy at the start). The copy's
+    and 0.05 for harmonization (whose pyramid error is ~50x the cross-entropy at the start). ``trainable``
+    (default: only the GALA modules, so the pretrained features stay) is one of :data:`TRAINABLE`. The copy's
     ``history`` holds per step: loss, cross_entropy, map_loss, batch accuracy, images with a map.
     """
     if loss not in LOSSES:
