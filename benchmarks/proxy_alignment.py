@@ -8,7 +8,7 @@ of |gradient| with the cell map, grid pointing game of Grad-CAM and of the gradi
 from (a) with 95% intervals (t for the scores, Bonett-Price for top-1). A proxy for the paper's ClickMe
 result, not a reproduction of it. CPU (2 cores), about 6 minutes with the defaults.
 
-    .venv/bin/python benchmarks/proxy_alignment.py [--steps 150 --trainable gala --lr 1e-3 --seed 0 --tag final]
+    .venv/bin/python benchmarks/proxy_alignment.py --seed 0 --tag final_seed0   # seeds 0, 1, 2 are saved in benchmarks/proxy_alignment/
 """
 import argparse
 import json
