@@ -224,11 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=4, help="mosaics per pass (default: %(default)s)")
     p.add_argument("--out", required=True, help="folder for the CSV tables and the figure")
 
-    from .attention.cli import add_commands as add_attention_commands
-    from .retina.cli import add_commands as add_retina_commands
-
-    add_retina_commands(sub, _model_args)
-    add_attention_commands(sub, _model_args)
+    for tool in _tools():
+        tool.add_commands(sub, _model_args)
 
     p = sub.add_parser("info", help="what a store holds and how complete it is")
     p.add_argument("store")
@@ -239,12 +236,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _tool_commands() -> dict:
-    """Subcommands that live beside their tools (retina, attention)."""
-    from .attention.cli import COMMANDS as ATTENTION
-    from .retina.cli import COMMANDS as RETINA
+TOOLS = ("retina", "attention", "synthesis")
 
-    return {**RETINA, **ATTENTION}
+
+def _tools() -> list:
+    """The ``cli`` modules of the tools whose subcommands live beside them (``add_commands``, ``COMMANDS``)."""
+    import importlib
+
+    return [importlib.import_module(f".{tool}.cli", __package__) for tool in TOOLS]
+
+
+def _tool_commands() -> dict:
+    return {name: run for tool in _tools() for name, run in tool.COMMANDS.items()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -77,9 +77,10 @@ def opponent_figure(opponent: pd.DataFrame, selectivity: pd.DataFrame, layer: st
 
 
 def unit_images(store: str | Path, topk: pd.DataFrame, layer: str, unit: int, k: int | None = None,
-                top: str = "max", bottom: str = "min") -> plt.Figure:
+                top: str = "max", bottom: str = "min", manufactured: dict | None = None) -> plt.Figure:
     """A unit's top-K images by ``top`` (first row) and bottom-K by ``bottom`` (second row), with their
-    values, cropped as the model saw them."""
+    values, cropped as the model saw them. ``manufactured``: {"top"|"bottom": (uint8 (3, H, W) image,
+    value, label)} puts a synthesized image in an extra first column of that row."""
     import zarr
 
     from .data import load_image
@@ -94,11 +95,18 @@ def unit_images(store: str | Path, topk: pd.DataFrame, layer: str, unit: int, k:
     rows = topk[(topk["layer"] == layer) & (topk["unit"] == unit)]
     sides = [(top, "top", f"strongest positive ({top})"), (bottom, "bottom", f"strongest negative ({bottom})")]
     k = k or int(rows["rank"].max())
-    fig, axes = plt.subplots(2, k, figsize=(1.6 * k, 4.0), layout="constrained", squeeze=False)
+    extra = 1 if manufactured else 0
+    fig, axes = plt.subplots(2, k + extra, figsize=(1.6 * (k + extra), 4.0), layout="constrained", squeeze=False)
     for r, (stat, direction, label) in enumerate(sides):
+        if extra:
+            axes[r, 0].axis("off")
+            if direction in manufactured:
+                picture, value, title = manufactured[direction]
+                axes[r, 0].imshow(picture.permute(1, 2, 0).numpy())
+                axes[r, 0].set_title(f"{title}\n{value:.2f}", fontsize=7, color="C3")
         chosen = rows[(rows["criterion"] == stat) & (rows["direction"] == direction)].sort_values("rank").head(k)
         for c in range(k):
-            ax = axes[r, c]
+            ax = axes[r, c + extra]
             ax.axis("off")
             if c >= len(chosen):
                 continue
