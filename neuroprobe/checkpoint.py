@@ -7,6 +7,8 @@ numbers, so it loads with ``torch.load(weights_only=True)``.
 
 Edits, replayed in this order:
 
+* ``head``: ``{"layer": name, "classes": [...]}``, the classifier replaced by one for these classes
+  (:func:`neuroprobe.finetune.heads.replace_head`);
 * ``gala``: ``{"layers": [...], "reduction": r}``, GALA modules before those blocks
   (:func:`neuroprobe.attention.add_gala`).
 """
@@ -45,10 +47,15 @@ def apply_edits(module: nn.Module, info: dict[str, Any], model: str, path: str) 
     if info.get("model") not in (None, model):
         raise NeuroprobeError(f"{path} was trained from {info['model']}, not {model}; pass --model {info['model']}")
     edits = info.get("edits", {})
-    unknown = set(edits) - {"gala"}
+    unknown = set(edits) - {"gala", "head"}
     if unknown:
         raise NeuroprobeError(f"{path} records edits this neuroprobe does not know ({', '.join(sorted(unknown))}); "
                               "upgrade neuroprobe")
+    if "head" in edits:
+        from .finetune.heads import replace_head
+
+        replace_head(module, edits["head"]["layer"], len(edits["head"]["classes"]))
+        log.info("replaced %s by a head for %d classes", edits["head"]["layer"], len(edits["head"]["classes"]))
     if "gala" in edits:
         from .attention.gala import add_gala
 

@@ -236,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-TOOLS = ("retina", "attention", "synthesis")
+TOOLS = ("retina", "attention", "synthesis", "finetune")
 
 
 def _tools() -> list:

@@ -17,11 +17,15 @@ log = logging.getLogger(__name__)
 
 def train(module: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], inputs: torch.Tensor,
           targets: torch.Tensor, *, epochs: int = 100, lr: float = 1e-3, weight_decay: float = 0.0,
-          batch_size: int | None = None, seed: int = 0) -> pd.DataFrame:
+          batch_size: int | None = None, seed: int = 0, sample_weights: torch.Tensor | None = None,
+          on_epoch: Callable[[int], dict] | None = None) -> pd.DataFrame:
     """Fit ``module`` to ``loss_fn(module(inputs), targets)``; returns the mean loss of each epoch.
 
     ``batch_size`` None trains on the whole set per step (full batch); the order of mini-batches comes
     from a generator seeded with ``seed``, so two calls with the same arguments give the same weights.
+    ``sample_weights``: each epoch draws len(inputs) examples with replacement in proportion to them
+    (e.g. class-balanced sampling) instead of a permutation. ``on_epoch(epoch)`` (module in eval mode)
+    returns more columns for that epoch's row (e.g. validation loss and accuracy).
     """
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay)
@@ -29,7 +33,10 @@ def train(module: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], tor
     history = []
     module.train()
     for epoch in range(epochs):
-        order = torch.randperm(len(inputs), generator=generator)
+        if sample_weights is None:
+            order = torch.randperm(len(inputs), generator=generator)
+        else:
+            order = torch.multinomial(sample_weights.double(), len(inputs), replacement=True, generator=generator)
         total = 0.0
         for start in range(0, len(inputs), size):
             index = order[start:start + size]
@@ -38,7 +45,13 @@ def train(module: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], tor
             loss.backward()
             optimizer.step()
             total += float(loss.detach()) * len(index)
-        history.append({"epoch": epoch + 1, "loss": total / len(inputs)})
+        row = {"epoch": epoch + 1, "loss": total / len(inputs)}
+        if on_epoch is not None:
+            module.eval()
+            with torch.no_grad():
+                row |= on_epoch(epoch + 1)
+            module.train()
+        history.append(row)
     module.eval()
     log.debug("trained %d epochs, final loss %.4f", epochs, history[-1]["loss"] if history else float("nan"))
     return pd.DataFrame(history)
