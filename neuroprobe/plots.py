@@ -118,5 +118,7 @@ def unit_images(store: str | Path, topk: pd.DataFrame, layer: str, unit: int, k:
             ax.set_title(f"{stat} {entry['value']:.2f}\n{str(name)[:18]}", fontsize=7)
         axes[r, 0].text(-0.08, 0.5, label, transform=axes[r, 0].transAxes, rotation=90, ha="right", va="center",
                         fontsize=8)
-    fig.suptitle(f"{layer} unit {unit}: images with the strongest positive and negative pre-activation", fontsize=10)
+    made = "manufactured images (red) and natural " if manufactured else ""
+    fig.suptitle(f"{layer} unit {unit}: {made}images with the strongest positive and negative pre-activation",
+                 fontsize=10)
     return fig

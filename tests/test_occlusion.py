@@ -169,6 +169,13 @@ def test_bad_input_names_the_fix(resnet, kwargs, message):
         discrepancy_maps(resnet, sample_images(48, n=1), "layer1.0", **kwargs)
 
 
-def test_layer_without_a_map_is_refused(resnet):
+def test_units_without_a_map_such_as_logits_equal_a_plain_loop(resnet):
+    """The logits of the classes (a fine-tuned head's units, say): the whole response drops or not."""
+    images = sample_images(48)
+    units = [1, 7]
+    maps = discrepancy_maps(resnet, images, "fc", units=units, window=16, stride=16, fill="zero")
+    expected = plain_loop(resnet, images, lambda x: resnet.module(x)[:, units, None, None], 16, 16, "zero", "peak")
+    assert maps.values.shape == (2, 2, 3, 3)
+    assert_close_relative(maps.values, expected)
     with pytest.raises(NeuroprobeError, match="no spatial map"):
-        discrepancy_maps(resnet, sample_images(48, n=1), "fc")
+        discrepancy_maps(resnet, images, "fc", rf_only=True)

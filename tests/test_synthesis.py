@@ -5,6 +5,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -118,3 +119,46 @@ def test_visualize_errors_are_one_line(resnet):
         visualize(resnet, "layer9", [0], steps=1, size=32)
     with pytest.raises(npb.NeuroprobeError, match="--direction"):
         visualize(resnet, "layer1.0", [0], direction="up", steps=1, size=32)
+
+
+def test_visualize_cli_writes_images_whose_activation_is_the_table(resnet, random_weights, tmp_path):
+    from PIL import Image
+
+    from resnet_cli_fixtures import run_main
+
+    store = npb.extract(resnet, SAMPLE, ["layer1.0"], tmp_path / "natural.zarr", batch_size=20)
+    code, stdout, err = run_main(["visualize", "--store", store, "--layer", "layer1.0", "--units", "2-3",
+                                  "--param", "maco", "--steps", 6, "--size", 64, "--k", 3, "--out", tmp_path / "vis"])
+    assert code == 0, err
+    assert "strongest natural image" in stdout
+    table = pd.read_csv(tmp_path / "vis" / "visualize.csv")
+    assert list(zip(table.unit, table.direction)) == [(2, "max"), (2, "min"), (3, "max"), (3, "min")]
+    images = torch.stack([torch.from_numpy(np.array(Image.open(tmp_path / "vis" / f))).permute(2, 0, 1)
+                          for f in table["file"]])
+    with torch.no_grad():
+        values = block_preactivation(resnet, resnet.preprocessing.normalize(images)).mean((2, 3))
+    np.testing.assert_allclose(table["activation"], values[torch.arange(4), torch.tensor(table.unit.to_numpy())],
+                               rtol=1e-4, atol=1e-5)
+    assert (tmp_path / "vis" / "grid.png").stat().st_size > 0
+    assert sorted(p.name for p in (tmp_path / "vis" / "units").iterdir()) == ["unit0002.png", "unit0003.png"]
+    code, _, err = run_main(["visualize", "--store", store, "--layer", "layer1.0", "--units", "a-b", "--out", tmp_path])
+    assert code == 2 and "--units" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_main(["visualize", "--model", "resnet18", "--weights", "none", "--store", store, "--layer",
+                             "layer1.0", "--units", "1", "--out", tmp_path])
+    assert code == 2 and "another model" in err and len(err.strip().splitlines()) == 1
+
+
+def test_redirected_gradient_leaves_a_dead_start_and_keeps_exact_gradients_elsewhere():
+    from neuroprobe.maps.activations import ActivationRewrite, redirected
+
+    x = torch.tensor([[-1.0, -2.0, -0.5], [1.0, -1.0, 2.0]], requires_grad=True)
+    with ActivationRewrite(redirected):
+        y = F.relu(x)
+    (grad,) = torch.autograd.grad(-(y * torch.tensor([[1.0, -1.0, 1.0], [1.0, 1.0, 1.0]])).sum(), x)
+    # image 0: every input is off, the exact gradient is 0: redirected, except where descent pushes lower
+    assert grad[0].tolist() == [-1.0, 0.0, -1.0]
+    # image 1: some input is on: the exact ReLU gradient (redirected would give -1 to the off input too)
+    assert grad[1].tolist() == [-1.0, 0.0, -1.0] and torch.equal(y, F.relu(x))
+    with ActivationRewrite(redirected):
+        z = F.relu6(torch.tensor([[7.0, 8.0]], requires_grad=True))
+    assert torch.equal(z, torch.tensor([[6.0, 6.0]]))

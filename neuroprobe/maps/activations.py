@@ -71,3 +71,35 @@ def guided(call: int, name: str, x: torch.Tensor, out: torch.Tensor) -> torch.Te
 def plain(call: int, name: str, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """Out of place, otherwise unchanged (so that pre-activations stay in the autograd graph)."""
     return out
+
+
+REDIRECTABLE = frozenset({"relu", "relu6", "hardtanh", "threshold"})
+
+
+class _Redirected(torch.autograd.Function):
+    """Lucid's redirected ReLU gradient for clamp-like activations: where an image's gradient through the
+    activation is zero everywhere (every input on a flat side), let it through instead, except where it
+    would push an input further into the flat side. Other images keep their exact gradient."""
+
+    @staticmethod
+    def forward(ctx, x, out):
+        ctx.save_for_backward(x, out)
+        return out.view_as(out)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, out = ctx.saved_tensors
+        linear = out == x
+        exact = grad * linear
+        # descent moves x by -grad: below the clamp (x < out) positive grad pushes lower, above it negative higher
+        blocked = ((x < out) & (grad > 0)) | ((x > out) & (grad < 0))
+        redirected = torch.where(blocked, torch.zeros_like(grad), grad)
+        dead = exact.flatten(1).abs().amax(1) == 0
+        shape = (-1,) + (1,) * (grad.ndim - 1)
+        return torch.where(dead.view(shape), redirected, exact), None
+
+
+def redirected(call: int, name: str, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Out of place, with Lucid's redirected gradient through ReLU-like clamps (feature visualization
+    from a grey start, where every ReLU of a unit's path can be off and the exact gradient is zero)."""
+    return _Redirected.apply(x, out) if name in REDIRECTABLE and x.ndim >= 1 else out

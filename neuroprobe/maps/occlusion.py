@@ -167,8 +167,10 @@ def discrepancy_maps(model: LoadedModel | nn.Module, images: torch.Tensor, layer
         capture = Capture(module, [layer], values.__setitem__, post_activation, plan=plan)
         amp_context = autocast(dev, amp)
         info = plan[layer]
-        if len(info.shape) != 3:
-            raise NeuroprobeError(f"layer '{layer}' has no spatial map (shape {info.shape}); occlusion maps need a conv layer")
+        spatial = len(info.shape) == 3
+        if not spatial and (len(info.shape) != 1 or rf_only):
+            raise NeuroprobeError(f"layer '{layer}' has no spatial map (shape {info.shape}); occlusion maps need a conv "
+                                  "layer" + (" (rf_only)" if rf_only else " or a vector of units such as logits"))
         unit_index = _units(units, info.units)
         inputs = normalize(pixels)
         occluders = normalize(fill_images(pixels, fill, window, seed, value_range))
@@ -176,13 +178,17 @@ def discrepancy_maps(model: LoadedModel | nn.Module, images: torch.Tensor, layer
         with capture:
             with amp_context:
                 capture.run(inputs)
-        layer_value = values[layer][:, unit_index].float()
+        layer_value = _as_map(values[layer][:, unit_index].float())
         peak_flat = layer_value.flatten(2).argmax(dim=2)                     # (B, U)
         reference = _respond(layer_value, peak_flat, response)               # (B, U)
         map_w = layer_value.shape[-1]
         peak = torch.stack([peak_flat // map_w, peak_flat % map_w], dim=-1).cpu().numpy()
 
-        rf = theoretical_receptive_fields(module, [layer], (height, width)).iloc[0].to_dict()
+        if spatial:
+            rf = theoretical_receptive_fields(module, [layer], (height, width)).iloc[0].to_dict()
+        else:      # a vector of units (logits, pooled features): the whole image is its field
+            rf = {"center_y": (height - 1) / 2, "center_x": (width - 1) / 2, "jump_y": 0.0, "jump_x": 0.0,
+                  "size_y": float(height), "size_x": float(width)}
         peak_px = np.stack([rf["center_y"] + peak[..., 0] * rf["jump_y"], rf["center_x"] + peak[..., 1] * rf["jump_x"]], -1)
         inside = _inside_field(rf, peak_px, pos_y, pos_x, window) if rf_only else None   # (B, U, ny, nx)
         evaluated = inside.any(axis=1) if rf_only else np.ones((len(pixels), len(pos_y), len(pos_x)), bool)
@@ -204,7 +210,7 @@ def discrepancy_maps(model: LoadedModel | nn.Module, images: torch.Tensor, layer
                 copies = torch.where(mask, occluders[image], inputs[image])
                 with amp_context:
                     capture.run(copies)
-                occluded = _respond(values[layer][:, unit_index].float(), peak_flat[image], response)
+                occluded = _respond(_as_map(values[layer][:, unit_index].float()), peak_flat[image], response)
                 out[job[:, 0], :, job[:, 1], job[:, 2]] = reference[image] - occluded   # stays on the device
     maps = out.cpu().numpy()
     if rf_only:
@@ -239,6 +245,11 @@ def _units(units: Sequence[int] | None, total: int) -> list[int]:
     if bad:
         raise NeuroprobeError(f"unit(s) {bad} out of range: the layer has {total} units (0..{total - 1})")
     return units
+
+
+def _as_map(value: torch.Tensor) -> torch.Tensor:
+    """(B, U, h, w) as it is; (B, U) units without a map as (B, U, 1, 1)."""
+    return value if value.ndim == 4 else value[..., None, None]
 
 
 def _respond(value: torch.Tensor, peak_flat: torch.Tensor, response: str) -> torch.Tensor:

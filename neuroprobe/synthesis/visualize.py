@@ -26,7 +26,7 @@ import torch
 from ..capture import Capture, StopForward
 from ..device import resolve_device
 from ..errors import NeuroprobeError
-from ..maps.activations import ActivationRewrite, plain
+from ..maps.activations import ActivationRewrite, plain, redirected
 from ..models import LoadedModel, load_model
 from .params import DEFAULT_LR, PARAMS, ImageBatch
 from .transforms import Transforms
@@ -50,25 +50,27 @@ def unit_seed(seed: int, unit: int, direction: str) -> int:
     return seed * 1_000_003 + 2 * int(unit) + (direction == "min")
 
 
-def layer_values(model: torch.nn.Module, layer: str, x: torch.Tensor, keep_graph: bool = True) -> torch.Tensor:
-    """The layer's pre-activation for input ``x`` (in the autograd graph when ``keep_graph``); the pass stops there."""
+def layer_values(model: torch.nn.Module, layer: str, x: torch.Tensor, keep_graph: bool = True,
+                 rewrite=plain) -> torch.Tensor:
+    """The layer's pre-activation for input ``x`` (in the autograd graph when ``keep_graph``, activations run
+    out of place through ``rewrite``); the pass stops there."""
     held: dict[str, torch.Tensor] = {}
 
     def keep(name: str, value: torch.Tensor) -> None:
         held[name] = value
         raise StopForward
 
-    rewrite = ActivationRewrite(plain) if keep_graph else None
+    mode = ActivationRewrite(rewrite) if keep_graph else None
     with Capture(model, [layer], keep, keep_graph=keep_graph):
-        if rewrite is not None:
-            rewrite.__enter__()
+        if mode is not None:
+            mode.__enter__()
         try:
             model(x)
         except StopForward:
             pass
         finally:
-            if rewrite is not None:
-                rewrite.__exit__(None, None, None)
+            if mode is not None:
+                mode.__exit__(None, None, None)
     if layer not in held:
         raise NeuroprobeError(f"layer '{layer}' did not run in the forward pass")
     return held[layer]
@@ -114,17 +116,32 @@ def natural_extremes(store: str | Path, layer: str, units: Sequence[int], direct
     return np.asarray(out, dtype=np.float64)
 
 
+def _check_same_model(store: str | Path, loaded: LoadedModel) -> None:
+    """Fractions of the strongest photo only mean something for the store's own model and weights."""
+    import zarr
+
+    provenance = dict(zarr.open_group(str(store), mode="r").attrs).get("provenance", {})
+    ours = loaded.provenance
+    key = "model" if provenance.get("model") != ours.get("model") else (
+        "weights_sha256" if provenance.get("weights_sha256") or ours.get("weights_sha256") else "weights")
+    if provenance.get(key) != ours.get(key):
+        raise NeuroprobeError(f"{store} was made with another model ({key} {provenance.get(key)!r}, not "
+                              f"{ours.get(key)!r}); omit --model to use the store's, or pass its store")
+
+
 def visualize(model: str | LoadedModel, layer: str, units: Sequence[int], *, direction: str = "max",
               objective: str = "mean", param: str = "fft", steps: int = 256, size: int | None = None,
               transforms: Transforms | None = None, seed: int = 0, lr: float | None = None,
               spectrum: torch.Tensor | None = None, store: str | Path | None = None, batch_size: int = 64,
-              weights: str | None = None, device: str | None = None) -> Visualization:
+              redirect: bool = True, weights: str | None = None, device: str | None = None) -> Visualization:
     """One manufactured image per unit (and per direction for ``both``); see the module doc.
 
     ``param``: fft (default), maco (needs ``spectrum``, :func:`~neuroprobe.synthesis.params.natural_spectrum`)
     or pixel. ``transforms``: Lucid's standard set by default, ``Transforms.none()`` for none. ``size``: the
     model's input size by default. ``store``: a store of natural images of the same model and layer, for
-    the fraction of the strongest natural response.
+    the fraction of the strongest natural response. ``redirect``: Lucid's redirected gradient through
+    ReLU-like clamps for an image whose exact gradient is zero (a grey start can switch off every path to
+    a unit), during the first max(16, steps / 8) steps; the objective and the measured activation are unchanged.
     """
     if direction not in DIRECTIONS:
         raise NeuroprobeError(f"--direction must be one of {', '.join(DIRECTIONS)}, not '{direction}'")
@@ -135,6 +152,8 @@ def visualize(model: str | LoadedModel, layer: str, units: Sequence[int], *, dir
     if not len(units):
         raise NeuroprobeError("give at least one unit")
     loaded = model if isinstance(model, LoadedModel) else load_model(model, weights)
+    if store is not None:
+        _check_same_model(store, loaded)
     dev = resolve_device(device)
     module = loaded.module.to(dev).eval()
     size = size or loaded.preprocessing.crop
@@ -151,7 +170,7 @@ def visualize(model: str | LoadedModel, layer: str, units: Sequence[int], *, dir
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start:start + batch_size]
         image, trace = _optimize(loaded, module, layer, chunk, objective, param, steps, size, transforms, seed, lr,
-                                 spectrum, dev)
+                                 spectrum, dev, redirected if redirect else plain)
         with torch.no_grad():
             values = layer_values(module, layer, _normalize(loaded, image.to(dev).float() / 255), keep_graph=False)
             reached.append(unit_statistic(values, torch.tensor([u for u, _ in chunk]), objective,
@@ -173,7 +192,7 @@ def visualize(model: str | LoadedModel, layer: str, units: Sequence[int], *, dir
 
 def _optimize(loaded: LoadedModel, module: torch.nn.Module, layer: str, jobs: list[tuple[int, str]], objective: str,
               param: str, steps: int, size: int, transforms: Transforms, seed: int, lr: float,
-              spectrum: torch.Tensor | None, dev: torch.device) -> tuple[torch.Tensor, np.ndarray]:
+              spectrum: torch.Tensor | None, dev: torch.device, rewrite) -> tuple[torch.Tensor, np.ndarray]:
     """Optimize one batch of images; returns them as uint8 (on the CPU) and the objective at every step."""
     seeds = [unit_seed(seed, u, d) for u, d in jobs]
     batch = ImageBatch(param, seeds, size, spectrum=spectrum, device=dev)
@@ -184,7 +203,9 @@ def _optimize(loaded: LoadedModel, module: torch.nn.Module, layer: str, jobs: li
     trace = np.empty((len(jobs), steps), dtype=np.float32)
     for step in range(steps):
         x = transforms.apply(batch(), transforms.draw(generators))
-        stat = unit_statistic(layer_values(module, layer, _normalize(loaded, x)), units, objective, signs)
+        early = step < max(16, steps // 8)          # the redirected gradient is only needed to leave a dead start
+        values = layer_values(module, layer, _normalize(loaded, x), rewrite=rewrite if early else plain)
+        stat = unit_statistic(values, units, objective, signs)
         (grad,) = torch.autograd.grad(-(signs * stat).sum(), [batch.values])
         batch.values.grad = grad
         optimizer.step()
