@@ -80,8 +80,8 @@ def test_finetune_matches_sklearn_and_its_checkpoint_loads_everywhere(dogs, tmp_
 def test_training_only_the_head_on_cached_features_equals_training_it_end_to_end(dogs):
     """The head-only shortcut (features computed once) against the full forward pass, same seed and batches."""
     loaded = npb.load_model("efficientnet_lite0")
-    cached = finetune(loaded, dogs, "kind", epochs=3, batch_size=8, lr=1e-2)
-    full = finetune(loaded, dogs, "kind", epochs=3, batch_size=8, lr=1e-2, train_layers=["classifier"])
+    cached = finetune(loaded, dogs, "kind", epochs=2, batch_size=16, lr=1e-2)
+    full = finetune(loaded, dogs, "kind", epochs=2, batch_size=16, lr=1e-2, train_layers=["classifier"])
     assert not cached.model.provenance["finetune"]["train_layers"] and full.model.provenance["finetune"]["train_layers"]
     for name in ("classifier.weight", "classifier.bias"):
         torch.testing.assert_close(cached.model.module.state_dict()[name], full.model.module.state_dict()[name],

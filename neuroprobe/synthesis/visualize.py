@@ -184,7 +184,9 @@ def visualize(model: str | LoadedModel, layer: str, units: Sequence[int], *, dir
                           "activation": torch.cat(reached).double().numpy()})
     if store is not None:
         table["natural"] = natural_extremes(store, layer, [u for u, _ in jobs], [d for _, d in jobs], objective)
-        table["fraction"] = table["activation"] / table["natural"]
+        sign = np.where(table["direction"] == "max", 1.0, -1.0)
+        # a fraction of the strongest photo only means something when that photo pushes the unit the same way
+        table["fraction"] = np.where(sign * table["natural"] > 0, table["activation"] / table["natural"], np.nan)
     table.attrs.update(seconds=seconds, steps=steps, size=size, lr=lr, model=loaded.name)
     log.info("%d images of %s in %.1f s (%.3f s per image)", len(jobs), layer, seconds, seconds / len(jobs))
     return Visualization(torch.cat(images), table, np.concatenate(traces))
