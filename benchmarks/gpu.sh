@@ -17,7 +17,7 @@
 #       run(command="bash benchmarks/gpu.sh", carry=[".whl", ".gpudata"], timeout_s=480)
 #   (start ~1-2 min + at most 7 min here: leaves ~5 min.) To rerun some steps at once, while the
 #   machine is warm (install and machine always run again; steps: gpu-tests extract-fp32
-#   extract-bf16 occlusion attribution retina alignment):
+#   extract-bf16 occlusion attribution retina alignment visualize):
 #       run(command="GPU_BUDGET_S=200 bash benchmarks/gpu.sh --only extract-bf16,occlusion",
 #           carry=[".whl", ".gpudata"], timeout_s=240)
 #   Otherwise call give_back. The results come back as files under the tool's files_at.
@@ -52,6 +52,8 @@
 #                 2 photos x 4 views, 1 thread
 #   alignment     benchmarks/alignment.py: Spearman of 800 maps of 224 px batched vs a scipy loop; a harmonization
 #                 training step vs cross-entropy alone (EfficientNet-Lite0, batch 32) | 16 maps, batch 2
+#   visualize     benchmarks/visualize.py: manufactured images of 64 units of EfficientNet-Lite0 blocks.4.0.bn2 in
+#                 one batch vs one unit per call (128 steps, 224 px; the peers run on the CPU only) | 2 units, 2 steps
 #
 # Options: --dry-run, --only STEP[,STEP...]. Environment: PYTHON (the interpreter), GPU_BUDGET_S,
 # GPU_RESULTS_DIR (where the results go; default $OUT, else runs/gpu or runs/gpu-dry-run),
@@ -74,7 +76,7 @@ while (($#)); do
     shift
 done
 
-STEPS=(install machine gpu-tests extract-fp32 extract-bf16 occlusion attribution retina alignment)
+STEPS=(install machine gpu-tests extract-fp32 extract-bf16 occlusion attribution retina alignment visualize)
 for s in ${ONLY//,/ }; do
     [[ " ${STEPS[*]} " == *" $s "* ]] || { echo "gpu.sh: unknown step '$s' (steps: ${STEPS[*]})" >&2; exit 2; }
 done
@@ -101,9 +103,9 @@ export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 
 # caps (s) of each step, and what each later step keeps for itself when an earlier one runs long
 declare -A CAP=([install]=120 [machine]=60 [gpu-tests]=150 [extract-fp32]=200 [extract-bf16]=120 [occlusion]=90
-                [attribution]=150 [retina]=60 [alignment]=60)
+                [attribution]=150 [retina]=60 [alignment]=60 [visualize]=60)
 declare -A RESERVE=([install]=20 [machine]=10 [gpu-tests]=60 [extract-fp32]=90 [extract-bf16]=45 [occlusion]=35
-                    [attribution]=60 [retina]=30 [alignment]=30)
+                    [attribution]=60 [retina]=30 [alignment]=30 [visualize]=25)
 if (( DRY )); then
     for s in "${STEPS[@]}"; do CAP[$s]=400; RESERVE[$s]=0; done
 fi
@@ -217,6 +219,7 @@ write_results() {
         section "Retina: likelihood maps vs the bare forward pass and the authors' loop" "$WORK/retina.md" retina
         section "Alignment: batched Spearman vs scipy, harmonization step vs cross-entropy" "$WORK/alignment.md" \
             alignment
+        section "Visualize: manufactured images, 64 units in one batch vs one per call" "$WORK/visualize.md" visualize
     } > "$RESULTS.tmp" && mv "$RESULTS.tmp" "$RESULTS"
 }
 
@@ -302,6 +305,8 @@ if (( DRY )); then
         --out "$WORK/retina.md"
     run_step alignment "$PY" benchmarks/alignment.py --device cpu --threads 1 --images 16 --batch 8 \
         --train-batch 2 --repeats 1 --out "$WORK/alignment.md"
+    run_step visualize "$PY" benchmarks/visualize.py --device cpu --threads 1 --data data/sample/labels.csv \
+        --units 2 --steps 2 --size 64 --peers --out "$WORK/visualize" --markdown "$WORK/visualize.md"
 else
     # the image of the CPU runs (benchmarks/results_occlusion.md): the sample's first photo, when carried
     OCCLUDE=()
@@ -316,6 +321,8 @@ else
         --repeats 2 --cudnn-benchmark "${RETINA_DATA[@]}" --out "$WORK/retina.md"
     run_step alignment "$PY" benchmarks/alignment.py --device cuda --images 800 --batch 800 --train-batch 32 \
         --out "$WORK/alignment.md"
+    run_step visualize "$PY" benchmarks/visualize.py --device cuda --threads 8 --data "$DATA" --units 64 --steps 128 \
+        --size 224 --peers --out "$WORK/visualize" --markdown "$WORK/visualize.md"
 fi
 
 write_results

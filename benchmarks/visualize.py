@@ -34,11 +34,12 @@ PEERS_PYTHON = Path("/work/peers-venv/bin/python")
 def score(model, layer: str, images: torch.Tensor, units: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """Spatial mean pre-activation and post-ReLU6 mean of each image's unit (uint8 images)."""
     pre, post = [], []
+    device = next(model.module.parameters()).device
     for start in range(0, len(images), 16):
-        part = images[start:start + 16]
+        part = images[start:start + 16].to(device)
         with torch.no_grad():
             values = layer_values(model.module, layer, _normalize(model, part.float() / 255), keep_graph=False)
-        chosen = values[torch.arange(len(part)), torch.tensor(units[start:start + 16])]
+        chosen = values[torch.arange(len(part)), torch.tensor(units[start:start + 16])].cpu()
         pre.append(chosen.flatten(1).mean(1))
         post.append(chosen.clamp(0, 6).flatten(1).mean(1))
     return torch.cat(pre).double().numpy(), torch.cat(post).double().numpy()
@@ -54,15 +55,18 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--peers", nargs="*", default=["lucent", "horama"])
     parser.add_argument("--out", default=str(HERE / "visualize"))
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (the peers always run on the CPU)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--markdown", default=None, help="also write the summary as a Markdown section here")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     keep_freed_memory()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model = npb.load_model("efficientnet_lite0")
     data = args.data if Path(args.data).exists() else str(ROOT / "data" / "sample" / "labels.csv")
-    store = ROOT / "runs" / "bench-visualize-natural.zarr"
-    npb.extract(model, data, [args.layer], store, batch_size=32)
+    store = out / "natural.zarr"
+    npb.extract(model, data, [args.layer], store, batch_size=32, device=args.device)
     natural = npb.open_layer(store, args.layer)["mean"].values
     manifest = read_manifest(data)
     dataset = ImageDataset(manifest, model.preprocessing)
@@ -73,7 +77,7 @@ def main() -> None:
     for param in ("fft", "maco"):
         start = time.perf_counter()
         vis = visualize(model, args.layer, units, param=param, steps=args.steps, size=args.size,
-                        spectrum=spectrum if param == "maco" else None, batch_size=args.units)
+                        spectrum=spectrum if param == "maco" else None, batch_size=args.units, device=args.device)
         seconds = time.perf_counter() - start
         images[f"neuroprobe-{param}"] = vis.images
         pre, post = score(model, args.layer, vis.images, units)
@@ -83,7 +87,7 @@ def main() -> None:
     # neuroprobe one unit per call, for the batching gain on the same machine
     start = time.perf_counter()
     for u in units[:2]:
-        visualize(model, args.layer, [u], steps=args.steps, size=args.size)
+        visualize(model, args.layer, [u], steps=args.steps, size=args.size, device=args.device)
     single = (time.perf_counter() - start) / 2
     rows.append({"library": "neuroprobe fft (one unit per call)", "unit": -1, "seconds_per_unit": single})
     peer_units = units[:args.peer_units]
@@ -120,6 +124,14 @@ def main() -> None:
                                                    "peer_versions": versions, "torch": torch.__version__}, indent=1))
     print(summary.round(3).to_string(index=False))
     print(everything.round(3).to_string())
+    if args.markdown:
+        device = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
+        lines = [f"{args.units} units of {args.layer}, {args.steps} steps at {args.size} px on {device}; "
+                 f"one unit per call: {single:.2f} s per unit", "",
+                 "| library | units | median fraction of the best photo | seconds per unit |", "| --- | --- | --- | --- |"]
+        lines += [f"| {name} | {row.units} | {row.fraction_median:.2f} | {row.seconds_per_unit:.3f} |"
+                  for name, row in everything.iterrows()]
+        Path(args.markdown).write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
