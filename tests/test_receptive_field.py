@@ -29,7 +29,7 @@ def linearized(model: nn.Module) -> nn.Module:
     clone = copy.deepcopy(model).eval()
     for parent in clone.modules():
         for child_name, child in parent.named_children():
-            if isinstance(child, (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.SiLU)):
+            if isinstance(child, (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.SiLU, nn.GELU)):
                 setattr(parent, child_name, nn.Identity())
             elif isinstance(child, nn.MaxPool2d):
                 setattr(parent, child_name, nn.AvgPool2d(child.kernel_size, child.stride, child.padding,
@@ -38,7 +38,8 @@ def linearized(model: nn.Module) -> nn.Module:
 
 
 def gradient_support(model: nn.Module, layer: str, size: int) -> tuple[tuple[int, int], tuple[int, int], tuple]:
-    """Rows and columns of the input that the central unit of ``layer`` depends on."""
+    """Rows and columns of the input that the central position of ``layer`` depends on, over all its units (the
+    layer's field is the largest of its units': ShuffleNet's pass-through half has a smaller one)."""
     out = {}
     module = dict(model.named_modules())[layer]
     hook = module.register_forward_hook(lambda _m, _a, o: out.__setitem__("v", o))
@@ -50,7 +51,7 @@ def gradient_support(model: nn.Module, layer: str, size: int) -> tuple[tuple[int
         hook.remove()
     value = out["v"]
     py, px = value.shape[-2] // 2, value.shape[-1] // 2
-    value[0, 0, py, px].backward()
+    value[0, :, py, px].sum().backward()
     support = x.grad.abs().sum(dim=(0, 1)) > 0
     rows, cols = np.flatnonzero(support.any(1).numpy()), np.flatnonzero(support.any(0).numpy())
     return (rows.min(), rows.max()), (cols.min(), cols.max()), (py, px)
@@ -59,6 +60,8 @@ def gradient_support(model: nn.Module, layer: str, size: int) -> tuple[tuple[int
 @pytest.mark.parametrize("name,layer,size", [
     ("alexnet", "features.10", 224), ("resnet18", "layer4", 512), ("resnet18", "layer2.0", 224),
     ("efficientnet_lite0", "blocks.3", 224),
+    ("convnext_tiny", "features.1.0", 224),          # channels-last Linear and LayerNorm inside the block
+    ("shufflenet_v2_x1_0", "stage2.3", 224),         # chunk into two branches, channel shuffle by view
 ])
 def test_equals_input_gradient_support(name, layer, size):
     torch.manual_seed(0)
@@ -75,3 +78,11 @@ def test_equals_input_gradient_support(name, layer, size):
         center, half = field[f"center_{axis}"] + p * field[f"jump_{axis}"], (field[f"size_{axis}"] - 1) / 2
         assert 0 <= center - half and center + half <= size - 1, "pick a unit whose field lies inside the image"
         assert (low, high) == (center - half, center + half), axis
+
+
+def test_an_op_without_a_rule_is_named():
+    from neuroprobe.errors import NeuroprobeError
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.PixelShuffle(2), nn.Conv2d(2, 2, 3))
+    with pytest.raises(NeuroprobeError, match="pixel_shuffle"):
+        theoretical_receptive_fields(model, ["2"], 32)

@@ -65,19 +65,48 @@ def _arg(args, kwargs, position: int, name: str, default=None):
     return args[position] if len(args) > position else default
 
 
+@dataclass(frozen=True)
+class Layout:
+    """The (y, x) fields of a tensor and which of its axes are y and x (NCHW: 2, 3; channels-last: 1, 2)."""
+
+    fields: tuple[Field, Field]
+    axes: tuple[int, int]
+
+    def shifted(self, removed: Sequence[int]) -> "Layout | None":
+        """After removing the dims ``removed`` (none of them spatial): the axes move left."""
+        if any(d in self.axes for d in removed):
+            return None
+        return Layout(self.fields, tuple(a - sum(d < a for d in removed) for a in self.axes))
+
+
+GLOBAL_LAYOUT = (GLOBAL, GLOBAL)
+SPLITS = {"split": 2, "chunk": 2, "tensor_split": 2, "split_with_sizes": 2, "unbind": 1, "hsplit": None,
+          "vsplit": None}
+
+
+def _dims(value, ndim: int) -> list[int]:
+    values = value if isinstance(value, (tuple, list)) else [value]
+    return [int(v) % ndim for v in values]
+
+
 class _Tracker(TorchFunctionMode):
-    """Propagates (y, x) fields from the input through every op of a forward pass."""
+    """Propagates (y, x) fields, and which axes hold them, from the input through every op of a forward pass."""
 
     def __init__(self, image: torch.Tensor) -> None:
         super().__init__()
-        self.fields: dict[int, tuple[weakref.ref, tuple[Field, Field]]] = {}
-        self._set(image, (Field(1, 1, 0), Field(1, 1, 0)))
+        self.fields: dict[int, tuple[weakref.ref, Layout]] = {}
+        self.lost: str | None = None       # the first op whose output layout could not be followed
+        self._set(image, Layout((Field(1, 1, 0), Field(1, 1, 0)), (2, 3)))
 
-    def get(self, tensor) -> tuple[Field, Field] | None:
+    def layout(self, tensor) -> Layout | None:
         entry = self.fields.get(id(tensor)) if isinstance(tensor, torch.Tensor) else None
         return entry[1] if entry is not None and entry[0]() is tensor else None
 
-    def _set(self, tensor: torch.Tensor, value: tuple[Field, Field]) -> None:
+    def get(self, tensor) -> tuple[Field, Field] | None:
+        layout = self.layout(tensor)
+        return layout.fields if layout is not None else None
+
+    def _set(self, tensor: torch.Tensor, value: Layout) -> None:
         key = id(tensor)
         self.fields[key] = (weakref.ref(tensor, lambda _r, key=key, f=self.fields: f.pop(key, None)), value)
 
@@ -85,19 +114,52 @@ class _Tracker(TorchFunctionMode):
         kwargs = kwargs or {}
         name = getattr(func, "__name__", "")
         inputs = [t for t in _tensors(args, kwargs)]
-        known = [f for f in (self.get(t) for t in inputs) if f is not None]
+        known = [f for f in (self.layout(t) for t in inputs) if f is not None]
         out = func(*args, **kwargs)
-        if not isinstance(out, torch.Tensor) or not known:
+        if not known:
             return out
-        source = self.get(args[0]) if args and isinstance(args[0], torch.Tensor) else None
-        field = self._rule(name, args, kwargs, source, known, out)
-        if field is not None:
-            self._set(out, field)
+        source = self.layout(args[0]) if args and isinstance(args[0], torch.Tensor) else None
+        if isinstance(out, (tuple, list)) and all(isinstance(o, torch.Tensor) for o in out):
+            for piece, layout in zip(out, self._pieces(name, args, kwargs, source, out), strict=True):
+                self._record(name, piece, layout)
+        elif isinstance(out, torch.Tensor):
+            self._record(name, out, self._rule(name, args, kwargs, source, known, out))
         return out
 
-    def _rule(self, name, args, kwargs, source, known, out):
+    def _record(self, name: str, out: torch.Tensor, layout: Layout | None) -> None:
+        if layout is None:
+            self.lost = self.lost or name
+        else:
+            self._set(out, layout)
+
+    def _pieces(self, name, args, kwargs, source, out) -> list[Layout | None]:
+        """Tuple-returning ops (chunk, split, tensor_split, unbind): each piece keeps the source's field, moved
+        by its offset when the split runs along a spatial axis."""
         base = name.lstrip("_").rstrip("_")
+        if source is None or base not in SPLITS or SPLITS[base] is None:
+            return [None] * len(out)
+        ndim = args[0].dim()
+        dim = int(kwargs.get("dim", args[SPLITS[base]] if len(args) > SPLITS[base] else 0)) % ndim
+        if base == "unbind":
+            return [source.shifted([dim])] * len(out)
+        if dim not in source.axes:
+            return [source] * len(out)
+        axis = source.axes.index(dim)
+        pieces, offset = [], 0
+        for piece in out:
+            fields = list(source.fields)
+            f = fields[axis]
+            fields[axis] = Field(f.size, f.jump, f.center + offset * f.jump)
+            pieces.append(Layout(tuple(fields), source.axes))
+            offset += piece.shape[dim]
+        return pieces
+
+    def _rule(self, name, args, kwargs, source, known, out) -> Layout | None:
+        base = name.lstrip("_").rstrip("_")
+        nchw = source is not None and source.axes == (args[0].dim() - 2, args[0].dim() - 1)
         if base in ("conv1d", "conv2d", "conv3d") and source is not None:
+            if not nchw:
+                return None
             weight = _arg(args, kwargs, 1, "weight")
             stride, padding = _arg(args, kwargs, 3, "stride", 1), _arg(args, kwargs, 4, "padding", 0)
             dilation = _arg(args, kwargs, 5, "dilation", 1)
@@ -105,29 +167,59 @@ class _Tracker(TorchFunctionMode):
             if isinstance(padding, str):
                 padding = [(dilation if isinstance(dilation, int) else dilation[i]) * (kernel[i] - 1) // 2
                            if padding == "same" else 0 for i in range(2)]
-            return tuple(source[i].window(kernel[i], _pair(stride, i), _pair(padding, i), _pair(dilation, i))
-                         for i in range(2))
+            return Layout(tuple(source.fields[i].window(kernel[i], _pair(stride, i), _pair(padding, i),
+                                                        _pair(dilation, i)) for i in range(2)), source.axes)
         if ("max_pool2d" in base or "avg_pool2d" in base) and "adaptive" not in base and source is not None:
+            if not nchw:
+                return None
             kernel = _arg(args, kwargs, 1, "kernel_size")
             stride = _arg(args, kwargs, 2, "stride", None) or kernel
             padding = _arg(args, kwargs, 3, "padding", 0)
             dilation = _arg(args, kwargs, 4, "dilation", 1) if "max" in base else 1
-            return tuple(source[i].window(_pair(kernel, i), _pair(stride, i), _pair(padding, i), _pair(dilation, i))
-                         for i in range(2))
+            return Layout(tuple(source.fields[i].window(_pair(kernel, i), _pair(stride, i), _pair(padding, i),
+                                                        _pair(dilation, i)) for i in range(2)), source.axes)
         if base == "pad" and source is not None:
+            if not nchw:
+                return None
             pad = list(_arg(args, kwargs, 1, "pad"))
             left_x, top_y = pad[0], pad[2] if len(pad) > 2 else 0
-            fy, fx = source
-            return (Field(fy.size, fy.jump, fy.center - top_y * fy.jump),
-                    Field(fx.size, fx.jump, fx.center - left_x * fx.jump))
-        if out.dim() < 3 or "adaptive" in base or base in ("linear", "flatten", "mean", "sum", "amax"):
+            fy, fx = source.fields
+            return Layout((Field(fy.size, fy.jump, fy.center - top_y * fy.jump),
+                           Field(fx.size, fx.jump, fx.center - left_x * fx.jump)), source.axes)
+        if base == "permute" and source is not None:
+            order = args[1:] if len(args) > 2 else _arg(args, kwargs, 1, "dims")
+            order = _dims(order, args[0].dim())
+            return Layout(source.fields, tuple(order.index(a) for a in source.axes))
+        if base in ("transpose", "swapaxes", "swapdims") and source is not None:
+            d0, d1 = _dims([_arg(args, kwargs, 1, "dim0"), _arg(args, kwargs, 2, "dim1")], args[0].dim())
+            swap = {d0: d1, d1: d0}
+            return Layout(source.fields, tuple(swap.get(a, a) for a in source.axes))
+        if base in ("linear", "layer_norm") and source is not None and args[0].dim() >= 3:
+            # over the last axis: pointwise in space unless the last axis is spatial
+            return source if args[0].dim() - 1 not in source.axes else Layout(GLOBAL_LAYOUT, source.axes)
+        if source is not None and out.dim() >= 3 and base in ("view", "reshape", "flatten", "contiguous", "clone"):
+            if nchw and tuple(out.shape[-2:]) == tuple(args[0].shape[-2:]):
+                return Layout(source.fields, (out.dim() - 2, out.dim() - 1))
+            if tuple(out.shape) == tuple(args[0].shape):
+                return source
+            return None
+        if out.dim() < 3 or "adaptive" in base or base in ("linear", "flatten", "mean", "sum", "amax", "view",
+                                                            "reshape"):
             spatial = out.dim() >= 3 and args and isinstance(args[0], torch.Tensor) and \
-                tuple(out.shape[-2:]) == tuple(args[0].shape[-2:])
-            return source if spatial else (GLOBAL, GLOBAL)
-        fy, fx = known[0]
-        for other_y, other_x in known[1:]:
-            fy, fx = fy.union(other_y), fx.union(other_x)
-        return fy, fx
+                tuple(out.shape[-2:]) == tuple(args[0].shape[-2:]) and nchw
+            if spatial:
+                return source
+            return Layout(GLOBAL_LAYOUT, (max(out.dim() - 2, 0), max(out.dim() - 1, 0)))
+        for tensor in _tensors(args, kwargs):
+            layout = self.layout(tensor)
+            if layout is not None and tensor.dim() == out.dim() and \
+                    any(tensor.shape[a] not in (1, out.shape[a]) for a in layout.axes):
+                return None      # a spatial size changed in an op without a rule (upsampling, pixel_shuffle, ...)
+        same = [k for k in known if k.axes == known[0].axes]
+        fy, fx = same[0].fields
+        for other in same[1:]:
+            fy, fx = fy.union(other.fields[0]), fx.union(other.fields[1])
+        return Layout((fy, fx), same[0].axes)
 
 
 def _tensors(args, kwargs):
@@ -171,8 +263,9 @@ def theoretical_receptive_fields(model: nn.Module, layers: Sequence[str],
     rows = []
     for name in layers:
         if found.get(name) is None:
-            raise NeuroprobeError(f"layer '{name}': its receptive field could not be followed (an op neuroprobe "
-                                  "does not know changes the spatial layout)")
+            op = f" (first lost at '{tracker.lost}')" if tracker.lost else ""
+            raise NeuroprobeError(f"layer '{name}': its receptive field could not be followed{op}: an op neuroprobe "
+                                  "does not know changes the spatial layout")
         fy, fx = found[name]
         rows.append({"layer": name, "size_y": fy.size, "size_x": fx.size, "jump_y": fy.jump, "jump_x": fx.jump,
                      "center_y": fy.center, "center_x": fx.center})
