@@ -86,3 +86,12 @@ def test_an_op_without_a_rule_is_named():
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.PixelShuffle(2), nn.Conv2d(2, 2, 3))
     with pytest.raises(NeuroprobeError, match="pixel_shuffle"):
         theoretical_receptive_fields(model, ["2"], 32)
+
+
+def test_vit_tokens_keep_their_patch_field_until_attention_mixes_them():
+    """ViT-B/16: patch embedding and the tokens before the first attention see 16 px; after it, everything."""
+    table = theoretical_receptive_fields(get_model("vit_b_16"), ["conv_proj", "encoder.layers.encoder_layer_0.ln_1",
+                                                                  "encoder.layers.encoder_layer_0"]).set_index("layer")
+    assert table.loc["conv_proj", "size_y"] == table.loc["encoder.layers.encoder_layer_0.ln_1", "size_x"] == 16
+    assert table.loc["encoder.layers.encoder_layer_0.ln_1", "jump_y"] == 16
+    assert np.isinf(table.loc["encoder.layers.encoder_layer_0", "size_y"])

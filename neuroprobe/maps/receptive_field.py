@@ -71,15 +71,19 @@ class Layout:
 
     fields: tuple[Field, Field]
     axes: tuple[int, int]
+    tokens: tuple[int, int] | None = None   # a token axis (axes y == x): (grid width, leading extra tokens)
 
     def shifted(self, removed: Sequence[int]) -> "Layout | None":
         """After removing the dims ``removed`` (none of them spatial): the axes move left."""
         if any(d in self.axes for d in removed):
             return None
-        return Layout(self.fields, tuple(a - sum(d < a for d in removed) for a in self.axes))
+        return Layout(self.fields, tuple(a - sum(d < a for d in removed) for a in self.axes), self.tokens)
 
 
 GLOBAL_LAYOUT = (GLOBAL, GLOBAL)
+LOST = Layout(GLOBAL_LAYOUT, (-1, -1))   # an op was not followed: everything computed from it is unknown
+MIXERS = frozenset({"multi_head_attention_forward", "scaled_dot_product_attention", "matmul", "bmm", "baddbmm",
+                    "einsum"})
 SPLITS = {"split": 2, "chunk": 2, "tensor_split": 2, "split_with_sizes": 2, "unbind": 1, "hsplit": None,
           "vsplit": None}
 
@@ -96,6 +100,7 @@ class _Tracker(TorchFunctionMode):
         super().__init__()
         self.fields: dict[int, tuple[weakref.ref, Layout]] = {}
         self.lost: str | None = None       # the first op whose output layout could not be followed
+        self.layout_of_found: dict[str, Layout | None] = {}
         self._set(image, Layout((Field(1, 1, 0), Field(1, 1, 0)), (2, 3)))
 
     def layout(self, tensor) -> Layout | None:
@@ -119,18 +124,30 @@ class _Tracker(TorchFunctionMode):
         if not known:
             return out
         source = self.layout(args[0]) if args and isinstance(args[0], torch.Tensor) else None
-        if isinstance(out, (tuple, list)) and all(isinstance(o, torch.Tensor) for o in out):
-            for piece, layout in zip(out, self._pieces(name, args, kwargs, source, out), strict=True):
-                self._record(name, piece, layout)
+        base = name.lstrip("_").rstrip("_")
+        if isinstance(out, torch.Tensor):
+            pieces = [out]
+        elif isinstance(out, (tuple, list)):
+            pieces = [o for o in out if isinstance(o, torch.Tensor)]
+        else:
+            return out
+        if any(k is LOST for k in known):                 # downstream of an op that was not followed
+            layouts = [LOST] * len(pieces)
+        elif base in MIXERS:                              # attention and matrix products mix positions
+            layouts = [Layout(GLOBAL_LAYOUT, (max(p.dim() - 2, 0), max(p.dim() - 1, 0))) for p in pieces]
         elif isinstance(out, torch.Tensor):
-            self._record(name, out, self._rule(name, args, kwargs, source, known, out))
+            layouts = [self._rule(name, args, kwargs, source, known, out)]
+        else:
+            layouts = self._pieces(name, args, kwargs, source, pieces)
+        for piece, layout in zip(pieces, layouts, strict=True):
+            self._record(name, piece, layout)
         return out
 
     def _record(self, name: str, out: torch.Tensor, layout: Layout | None) -> None:
         if layout is None:
             self.lost = self.lost or name
-        else:
-            self._set(out, layout)
+            layout = LOST
+        self._set(out, layout)
 
     def _pieces(self, name, args, kwargs, source, out) -> list[Layout | None]:
         """Tuple-returning ops (chunk, split, tensor_split, unbind): each piece keeps the source's field, moved
@@ -144,6 +161,8 @@ class _Tracker(TorchFunctionMode):
             return [source.shifted([dim])] * len(out)
         if dim not in source.axes:
             return [source] * len(out)
+        if source.tokens is not None:
+            return [None] * len(out)
         axis = source.axes.index(dim)
         pieces, offset = [], 0
         for piece in out:
@@ -153,6 +172,27 @@ class _Tracker(TorchFunctionMode):
             pieces.append(Layout(tuple(fields), source.axes))
             offset += piece.shape[dim]
         return pieces
+
+    def _concat(self, args, kwargs, known, out) -> Layout | None:
+        """Concatenation: along channels, the union of the inputs' fields; along a token axis, untracked tokens
+        put in front (a class token) shift the patch tokens; along a spatial axis, not followed."""
+        pieces = list(args[0]) if args and isinstance(args[0], (list, tuple)) else []
+        dim = _concat_dim(args, kwargs, out.dim())
+        layouts = [self.layout(p) for p in pieces]
+        tracked = [lay for lay in layouts if lay is not None]
+        if not tracked or any(lay.axes != tracked[0].axes for lay in tracked):
+            return None
+        first = tracked[0]
+        if dim not in first.axes:
+            fy, fx = first.fields
+            for other in tracked[1:]:
+                fy, fx = fy.union(other.fields[0]), fx.union(other.fields[1])
+            return Layout((fy, fx), first.axes, first.tokens)
+        if first.tokens is not None and len(tracked) == 1:
+            index = layouts.index(first)
+            before = sum(int(p.shape[dim]) for p in pieces[:index])
+            return Layout(first.fields, first.axes, (first.tokens[0], first.tokens[1] + before))
+        return None
 
     def _rule(self, name, args, kwargs, source, known, out) -> Layout | None:
         base = name.lstrip("_").rstrip("_")
@@ -189,15 +229,22 @@ class _Tracker(TorchFunctionMode):
         if base == "permute" and source is not None:
             order = args[1:] if len(args) > 2 else _arg(args, kwargs, 1, "dims")
             order = _dims(order, args[0].dim())
-            return Layout(source.fields, tuple(order.index(a) for a in source.axes))
+            return Layout(source.fields, tuple(order.index(a) for a in source.axes), source.tokens)
         if base in ("transpose", "swapaxes", "swapdims") and source is not None:
             d0, d1 = _dims([_arg(args, kwargs, 1, "dim0"), _arg(args, kwargs, 2, "dim1")], args[0].dim())
             swap = {d0: d1, d1: d0}
-            return Layout(source.fields, tuple(swap.get(a, a) for a in source.axes))
+            return Layout(source.fields, tuple(swap.get(a, a) for a in source.axes), source.tokens)
         if base in ("linear", "layer_norm") and source is not None and args[0].dim() >= 3:
             # over the last axis: pointwise in space unless the last axis is spatial
             return source if args[0].dim() - 1 not in source.axes else Layout(GLOBAL_LAYOUT, source.axes)
+        if base in ("cat", "concat", "concatenate"):
+            return self._concat(args, kwargs, known, out)
         if source is not None and out.dim() >= 3 and base in ("view", "reshape", "flatten", "contiguous", "clone"):
+            ay, ax = source.axes
+            folded = source.tokens is None and ax == ay + 1 and out.dim() == args[0].dim() - 1 and \
+                tuple(out.shape[:ay]) == tuple(args[0].shape[:ay]) and out.shape[ay] == args[0].shape[ay] * args[0].shape[ax]
+            if folded:       # (N, C, H, W) -> (N, C, H*W): patch tokens in row-major order
+                return Layout(source.fields, (ay, ay), (int(args[0].shape[ax]), 0))
             if nchw and tuple(out.shape[-2:]) == tuple(args[0].shape[-2:]):
                 return Layout(source.fields, (out.dim() - 2, out.dim() - 1))
             if tuple(out.shape) == tuple(args[0].shape):
@@ -219,7 +266,11 @@ class _Tracker(TorchFunctionMode):
         fy, fx = same[0].fields
         for other in same[1:]:
             fy, fx = fy.union(other.fields[0]), fx.union(other.fields[1])
-        return Layout((fy, fx), same[0].axes)
+        return Layout((fy, fx), same[0].axes, same[0].tokens)
+
+
+def _concat_dim(args, kwargs, ndim: int) -> int:
+    return int(kwargs.get("dim", args[1] if len(args) > 1 else 0)) % ndim
 
 
 def _tensors(args, kwargs):
@@ -248,6 +299,7 @@ def theoretical_receptive_fields(model: nn.Module, layers: Sequence[str],
     tracker = _Tracker(image)
     def record(name: str, out) -> None:
         found[name] = tracker.get(out)
+        tracker.layout_of_found[name] = tracker.layout(out)
         if all(layer in found for layer in layers):
             raise StopForward          # nothing after the last layer matters (or has to be followable)
 
@@ -262,7 +314,7 @@ def theoretical_receptive_fields(model: nn.Module, layers: Sequence[str],
             hook.remove()
     rows = []
     for name in layers:
-        if found.get(name) is None:
+        if found.get(name) is None or tracker.layout_of_found.get(name) is LOST:
             op = f" (first lost at '{tracker.lost}')" if tracker.lost else ""
             raise NeuroprobeError(f"layer '{name}': its receptive field could not be followed{op}: an op neuroprobe "
                                   "does not know changes the spatial layout")
