@@ -92,6 +92,7 @@ def unit_statistic(values: torch.Tensor, units: torch.Tensor, objective: str, si
 
 
 def _normalize(model: LoadedModel, x: torch.Tensor) -> torch.Tensor:
+    """Out-of-place normalization of [0, 1] float images (``Preprocessing.normalize`` works in place on uint8)."""
     mean = torch.tensor(model.preprocessing.mean, device=x.device, dtype=x.dtype)[None, :, None, None]
     std = torch.tensor(model.preprocessing.std, device=x.device, dtype=x.dtype)[None, :, None, None]
     return (x - mean) / std
@@ -172,7 +173,7 @@ def visualize(model: str | LoadedModel, layer: str, units: Sequence[int], *, dir
         image, trace = _optimize(loaded, module, layer, chunk, objective, param, steps, size, transforms, seed, lr,
                                  spectrum, dev, redirected if redirect else plain)
         with torch.no_grad():
-            values = layer_values(module, layer, _normalize(loaded, image.to(dev).float() / 255), keep_graph=False)
+            values = layer_values(module, layer, loaded.preprocessing.normalize(image.to(dev)), keep_graph=False)
             reached.append(unit_statistic(values, torch.tensor([u for u, _ in chunk]), objective,
                                           torch.tensor([1.0 if d == "max" else -1.0 for _, d in chunk])).cpu())
         images.append(image)
@@ -202,7 +203,7 @@ def _optimize(loaded: LoadedModel, module: torch.nn.Module, layer: str, jobs: li
     units = torch.tensor([u for u, _ in jobs], device=dev)
     signs = torch.tensor([1.0 if d == "max" else -1.0 for _, d in jobs], device=dev)
     optimizer = torch.optim.Adam(batch.parameters(), lr=lr)
-    trace = np.empty((len(jobs), steps), dtype=np.float32)
+    trace = torch.empty(len(jobs), steps, device=dev)       # stays on the device: no host sync per step
     for step in range(steps):
         x = transforms.apply(batch(), transforms.draw(generators))
         early = step < max(16, steps // 8)          # the redirected gradient is only needed to leave a dead start
@@ -211,6 +212,6 @@ def _optimize(loaded: LoadedModel, module: torch.nn.Module, layer: str, jobs: li
         (grad,) = torch.autograd.grad(-(signs * stat).sum(), [batch.values])
         batch.values.grad = grad
         optimizer.step()
-        trace[:, step] = stat.detach().float().cpu().numpy()
+        trace[:, step] = stat.detach().float()
     with torch.no_grad():
-        return (batch() * 255).round().to(torch.uint8).cpu(), trace
+        return (batch() * 255).round().to(torch.uint8).cpu(), trace.cpu().numpy()
