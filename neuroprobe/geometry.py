@@ -239,29 +239,32 @@ class Tracker(TorchFunctionMode):
 
     def _elementwise(self, args, kwargs, known, out) -> Layout | None:
         """Same positions in, same positions out: the union of the inputs' fields (global if one input is), with
-        the axes of a local input aligned to the output as broadcasting aligns it. A spatial size that changes
-        in an op without a rule is not followed."""
-        local, any_global = [], False
+        the axes of an input aligned to the output as broadcasting aligns it (a local one shaped like the output
+        first). A spatial size that changes in an op without a rule is not followed."""
+        aligned = []                 # (is local, shaped like the output, layout with axes in the output's dims)
         for tensor in _tensors(args, kwargs):
             layout = self.layout(tensor)
             if layout is None:
                 continue
-            if layout.is_global:
-                any_global = True
-                continue
             shift = out.dim() - tensor.dim()
-            if shift < 0 or any(tensor.shape[a] not in (1, out.shape[a + shift]) for a in layout.axes):
+            if shift < 0:
+                if layout.is_global:
+                    continue
                 return None
-            local.append((tuple(tensor.shape) == tuple(out.shape), layout.moved([a + shift for a in layout.axes])))
-        if not local:
+            if not layout.is_global and any(tensor.shape[a] not in (1, out.shape[a + shift]) for a in layout.axes):
+                return None
+            aligned.append((not layout.is_global, tuple(tensor.shape) == tuple(out.shape),
+                            layout.moved([a + shift for a in layout.axes])))
+        if not aligned:
             return Layout(GLOBAL_FIELDS, _default_axes(out.dim()))
-        first = max(local, key=lambda item: item[0])[1]     # prefer an input shaped like the output
-        if any(lay.axes != first.axes or lay.roll != first.roll or lay.tokens != first.tokens for _, lay in local):
+        first = max(aligned, key=lambda item: item[:2])[2]
+        local = [lay for is_local, _, lay in aligned if is_local]
+        if any(lay.axes != first.axes or lay.roll != first.roll or lay.tokens != first.tokens for lay in local):
             return None
-        if any_global:
+        if len(local) < len(aligned):
             return replace(first, fields=GLOBAL_FIELDS, roll=(0, 0))
         fy, fx = first.fields
-        for _, other in local:
+        for other in local[1:]:
             fy, fx = fy.union(other.fields[0]), fx.union(other.fields[1])
         return replace(first, fields=(fy, fx))
 
@@ -689,6 +692,8 @@ def layer_layouts(model: torch.nn.Module, layers: Sequence[str], image: torch.Te
     def record(name: str, out) -> None:
         if name not in found and isinstance(out, torch.Tensor):
             found[name] = tracker.layout(out) or LOST
+        elif name not in found and out is not None:
+            found[name] = LOST
         if all(layer in found for layer in layers):
             raise _Seen          # nothing after the last layer matters (or has to be followable)
 
