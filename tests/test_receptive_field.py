@@ -38,21 +38,23 @@ def linearized(model: nn.Module) -> nn.Module:
     return clone
 
 
-def gradient_support(model: nn.Module, layer: str, size: int) -> tuple[tuple[int, int], tuple[int, int], tuple]:
+def gradient_support(model: nn.Module, layer: str, size: int, to_grid=lambda v: v) -> tuple[tuple[int, int], tuple[int, int], tuple]:
     """Rows and columns of the input that the central position of ``layer`` depends on, over all its units (the
-    layer's field is the largest of its units': ShuffleNet's pass-through half has a smaller one)."""
+    layer's field is the largest of its units': ShuffleNet's pass-through half has a smaller one). The units are
+    summed with random signs, so that a LayerNorm's outputs, which sum to a constant, do not cancel."""
     out = {}
     module = dict(model.named_modules())[layer]
     hook = module.register_forward_hook(lambda _m, _a, o: out.__setitem__("v", o))
-    x = torch.zeros(1, 3, size, size, requires_grad=True)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 3, size, size, generator=generator).requires_grad_(True)
     try:
         with torch.enable_grad():
             model(x)
     finally:
         hook.remove()
-    value = out["v"]
+    value = to_grid(out["v"])        # (1, units, H, W)
     py, px = value.shape[-2] // 2, value.shape[-1] // 2
-    value[0, :, py, px].sum().backward()
+    (value[0, :, py, px] * torch.randn(value.shape[1], generator=generator)).sum().backward()
     support = x.grad.abs().sum(dim=(0, 1)) > 0
     rows, cols = np.flatnonzero(support.any(1).numpy()), np.flatnonzero(support.any(0).numpy())
     return (rows.min(), rows.max()), (cols.min(), cols.max()), (py, px)
