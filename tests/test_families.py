@@ -144,7 +144,7 @@ def test_every_family(model_name):
     x = torch.randn(2, 3, size, size)
     plan = probe(model, layers, example)
     values = {}
-    with torch.no_grad(), Capture(model, layers, values.__setitem__, plan=plan) as capture:
+    with torch.no_grad(), Capture(model, layers, lambda n, v: values.__setitem__(n, v.clone()), plan=plan) as capture:
         capture.run(x)
     reference = ref.fx_preactivations(model, layers, x)
     layouts = {}
