@@ -26,7 +26,7 @@ from neuroprobe.maps.receptive_field import theoretical_receptive_fields
 from neuroprobe.reduce import pool_units
 
 TORCHVISION = torchvision.models.list_models(module=torchvision.models)
-TIMM = ["resnet18", "efficientnet_b0", "convnext_atto", "regnetx_002", "mobilenetv3_small_050", "ghostnet_100",
+TIMM = ["resnet18", "efficientnet_b0", "convnext_tiny", "regnetx_002", "mobilenetv3_small_050", "ghostnet_100",
         "cspresnet50", "vit_small_patch16_224", "swin_tiny_patch4_window7_224"]
 FAST = ["convnext_tiny", "vit_b_16", "swin_t", "shufflenet_v2_x0_5", "regnet_y_400mf", "timm:ghostnet_100",
         "timm:cspresnet50", "timm:vit_small_patch16_224"]
@@ -39,7 +39,7 @@ EXTRA_LAYERS = {     # block internals in another layout, and the first attentio
     "swin_t": ["features.1.0.mlp.0"],
     "timm:vit_small_patch16_224": ["blocks.0.norm1", "blocks.0", "blocks.0.mlp.fc1"],
     "timm:swin_tiny_patch4_window7_224": ["layers.0.blocks.0.mlp.fc1"],
-    "timm:convnext_atto": ["stages.0.blocks.0.mlp.fc1"],
+    "timm:convnext_tiny": ["stages.0.blocks.0.mlp.fc1"],     # Linear on NHWC (conv_mlp=False)
 }
 
 
