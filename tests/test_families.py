@@ -111,9 +111,13 @@ def stage_layers(model: torch.nn.Module, infos: dict, example: torch.Tensor, mos
     return picked[:1] + picked[1:][-(most - 1):]
 
 
+GATES = (torch.nn.ReLU, torch.nn.ReLU6, torch.nn.Hardtanh, torch.nn.Hardswish, torch.nn.Hardsigmoid)
+
+
 def linearized(model: torch.nn.Module) -> torch.nn.Module:
-    """Same geometry without gating: activation modules removed, max pooling averaged, and parameters that start
-    at zero (the last norm of a residual branch, layer scales) drawn at random, so that no branch is cut."""
+    """Same geometry without gating, in float64: activations with flat parts (ReLU and its kin) removed (smooth
+    ones kept: they keep values bounded, as SE gates need), max pooling averaged, and parameters that start at
+    zero (the last norm of a residual branch, layer scales) drawn at random, so that no branch is cut."""
     import copy
 
     clone = copy.deepcopy(model).eval()
@@ -124,12 +128,12 @@ def linearized(model: torch.nn.Module) -> torch.nn.Module:
                 parameter.copy_(torch.randn(parameter.shape, generator=generator))
     for parent in clone.modules():
         for child_name, child in parent.named_children():
-            if isinstance(child, ref.FX_ACTIVATION_MODULES):
+            if isinstance(child, GATES):
                 setattr(parent, child_name, torch.nn.Identity())
             elif isinstance(child, torch.nn.MaxPool2d):
                 setattr(parent, child_name, torch.nn.AvgPool2d(child.kernel_size, child.stride, child.padding,
                                                                ceil_mode=child.ceil_mode))
-    return clone
+    return clone.double()
 
 
 def test_every_family(model_name):
@@ -171,27 +175,29 @@ def check_fields(model, model_name: str, layers: list[str], size: int, layouts: 
     supports = gradient_supports(linearized(model), layers, size, layouts)
     for layer in layers:
         field = table.loc[layer]
-        (top, bottom), (left, right), (py, px) = supports[layer]
-        for low, high, p, axis in ((top, bottom, py, "y"), (left, right, px, "x")):
+        (top, bottom), (left, right), (py, px), seen = supports[layer]
+        for (low, high), p, axis, (first, last) in zip(((top, bottom), (left, right)), (py, px), "yx", seen):
             if math.isinf(field[f"size_{axis}"]):
                 if model_name.removeprefix("timm:").startswith("vit_"):   # global attention: the whole image
-                    assert (low, high) == (0, size - 1), (layer, axis)
+                    assert (low, high) == (first, last) == (0, size - 1), (layer, axis)
                 continue        # windowed attention (Swin, MaxViT) is reported global: an upper bound
             center, half = field[f"center_{axis}"] + p * field[f"jump_{axis}"], (field[f"size_{axis}"] - 1) / 2
-            assert (low, high) == (max(center - half, 0), min(center + half, size - 1)), (layer, axis, field.to_dict())
+            assert (low, high) == (max(center - half, first), min(center + half, last)), (layer, axis, field.to_dict())
 
 
 def gradient_supports(model, layers: list[str], size: int, layouts: dict[str, str]) -> dict[str, tuple]:
     """For each layer, the input rows and columns its central position depends on (units summed with random
-    signs), from one forward pass and one backward pass per layer."""
+    signs), clipped to those any of its positions depends on (valid convs with strides never read the last rows
+    of an image whose size they do not divide); one forward pass, two backward passes per layer."""
     modules = dict(model.named_modules())
     out = {}
+
     def keep(name, value):
         out.setdefault(name, value)
 
     hooks = [modules[n].register_forward_hook(lambda _m, _a, o, n=n: keep(n, o)) for n in layers]
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn(1, 3, size, size, generator=generator).requires_grad_(True)
+    x = torch.randn(1, 3, size, size, generator=generator, dtype=torch.float64).requires_grad_(True)
     try:
         with torch.enable_grad():
             model(x)
@@ -202,9 +208,15 @@ def gradient_supports(model, layers: list[str], size: int, layouts: dict[str, st
     for layer in layers:
         value = by_hand(out[layer], layouts[layer])
         py, px = value.shape[-2] // 2, value.shape[-1] // 2
-        target = (value[0, :, py, px] * torch.randn(value.shape[1], generator=generator)).sum()
-        (grad,) = torch.autograd.grad(target, x, retain_graph=True)
-        support = grad.abs().sum(dim=(0, 1)) > 0
-        rows, cols = np.flatnonzero(support.any(1).numpy()), np.flatnonzero(support.any(0).numpy())
-        supports[layer] = (rows.min(), rows.max()), (cols.min(), cols.max()), (py, px)
+        signs = torch.randn(value.shape[1], generator=generator, dtype=torch.float64)
+        (grad,) = torch.autograd.grad((value[0, :, py, px] * signs).sum(), x, retain_graph=True)
+        (whole,) = torch.autograd.grad((value[0] * signs[:, None, None]).sum(), x, retain_graph=True)
+        seen = [_span((whole != 0).any(1)[0], axis) for axis in (1, 0)]
+        supports[layer] = (*[_span((grad != 0).any(1)[0], axis) for axis in (1, 0)], (py, px), seen)
     return supports
+
+
+def _span(mask: torch.Tensor, axis: int) -> tuple[int, int]:
+    """First and last row (axis 1) or column (axis 0) of a 2-D mask with a True."""
+    index = np.flatnonzero(mask.any(axis).numpy())
+    return int(index.min()), int(index.max())
