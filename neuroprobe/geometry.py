@@ -528,9 +528,55 @@ def _reshaped(source: Layout, before: tuple, after: tuple) -> Layout | None:
             len(after) > ay + 1 and after[ay + 1] == source.tokens[0] and after[ay] * after[ay + 1] == before[ay] and \
             after[ay + 2:] == before[ay + 1:]:
         return replace(source, axes=(ay, ay + 1), tokens=None)
+    if source.tokens is None and not any(source.roll):
+        split = _split_spatial(source, before, after)
+        if split is not None:
+            return split
     if len(after) <= 2:          # spatial positions folded into units (a flatten before a classifier)
         return Layout(GLOBAL_FIELDS, _default_axes(len(after)))
     return None
+
+
+def _groups(before: tuple, after: tuple) -> list[tuple[list[int], list[int]]] | None:
+    """The dims of ``before`` and ``after`` in groups of equal product (how a reshape regroups them)."""
+    groups, i, j = [], 0, 0
+    while i < len(before) or j < len(after):
+        gi, gj = [i] if i < len(before) else [], [j] if j < len(after) else []
+        pi = before[i] if i < len(before) else 1
+        pj = after[j] if j < len(after) else 1
+        i, j = i + bool(gi), j + bool(gj)
+        while pi != pj:
+            if pi < pj and i < len(before):
+                pi, i = pi * before[i], i + 1
+                gi.append(i - 1)
+            elif pj < pi and j < len(after):
+                pj, j = pj * after[j], j + 1
+                gj.append(j - 1)
+            else:
+                return None
+        groups.append((gi, gj))
+    return groups
+
+
+def _split_spatial(source: Layout, before: tuple, after: tuple) -> Layout | None:
+    """A reshape that keeps each spatial axis or splits it into (positions / k, k), the outer part staying
+    spatial and the inner k going to other dims (space-to-depth, as timm's patch merging): each outer position
+    then covers k neighbouring positions."""
+    groups = _groups(tuple(int(b) for b in before), tuple(int(a) for a in after))
+    if groups is None:
+        return None
+    fields, axes = list(source.fields), [None, None]
+    for i, axis in enumerate(source.axes):
+        group = next(g for g in groups if axis in g[0])
+        ins, outs = group
+        ones = [d for d in ins if before[d] == 1]
+        if [d for d in ins if d not in ones] != [axis]:
+            return None                      # the spatial axis is merged with another dim
+        outs = [d for d in outs if after[d] != 1] or outs[:1]
+        inner = int(np.prod([after[d] for d in outs[1:]])) if len(outs) > 1 else 1
+        fields[i] = fields[i].window(inner, inner, 0) if inner > 1 else fields[i]
+        axes[i] = outs[0]
+    return replace(source, fields=tuple(fields), axes=tuple(axes))
 
 
 def _same_shape(args, kwargs, source, out):
