@@ -305,10 +305,11 @@ def _extract(args) -> int:
 
 
 def _print_info(path) -> None:
+    from .location import display
     from .store import summary
 
     s = summary(path)
-    print(f"store    {Path(s['path']).resolve()}")
+    print(f"store    {display(s['path'])}")
     print(f"model    {s['model']}  weights {s['weights']}" + (f"  sha256 {s['weights_sha256'][:12]}" if s['weights_sha256'] else ""))
     print(f"capture  {s['capture']}  amp {s['amp']}  decode {s['decode']}  {s['memory_format']}  created {s['created']}")
     print(f"images   {s['images']}: {s['done']} done, {s['skipped']} skipped (unreadable), {s['missing']} missing "
@@ -343,10 +344,10 @@ def _occlude(args) -> int:
                   window=args.window, stride=args.stride, fill=args.fill, response=args.response,
                   absolute=args.absolute, rf_only=args.rf_only, device=args.device, overwrite=args.overwrite,
                   batch_size=args.batch_size)
-    import zarr
+    from .location import display, open_group
 
-    group = zarr.open_group(str(out), mode="r")
-    print(f"store    {out.resolve()}")
+    group = open_group(out)
+    print(f"store    {display(out)}")
     print(f"maps     discrepancy {'x'.join(map(str, group['discrepancy'].shape))} (image, unit, y, x); "
           f"{int(group['done'][:].sum())} images done")
     return 0
@@ -374,13 +375,13 @@ def _saliency(args) -> int:
     out = saliency(args.model, args.data, args.out, args.method, weights=args.weights, layer=args.layer,
                    target=args.target, batch_size=args.batch_size, device=args.device, raw=args.raw,
                    overwrite=args.overwrite, **_method_options(args, args.method))
-    import zarr
+    from .location import display, open_group
 
-    group = zarr.open_group(str(out), mode="r")
+    group = open_group(out)
     done = group["done"][:]
     ok = group["images/status"][:] == "ok"
     correct = (group["target"][:] == group["predicted"][:])[ok]
-    print(f"store    {out.resolve()}")
+    print(f"store    {display(out)}")
     print(f"maps     {args.method} {'x'.join(map(str, group['map'].shape))} (image, y, x): {int(done.sum())} done, "
           f"{int((done & ~ok).sum())} skipped (unreadable); target = prediction for "
           f"{correct.mean():.0%} of them" if ok.any() else "no readable image")

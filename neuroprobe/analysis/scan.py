@@ -5,9 +5,8 @@ from pathlib import Path
 from typing import Callable, Iterator, Protocol, Sequence
 
 import numpy as np
-import zarr
-
 from ..errors import NeuroprobeError, closest
+from ..location import open_group
 
 READ_BYTES = 16 << 20  # per statistic and read: one or a few store chunks at a time
 
@@ -22,7 +21,7 @@ class Collector(Protocol):
 
 def layer_names(store: str | Path, layers: Sequence[str] | None = None) -> list[str]:
     """The requested layers (all stored ones by default), checked against the store."""
-    stored = list(zarr.open_group(str(store), mode="r").attrs["layers"])
+    stored = list(open_group(store).attrs["layers"])
     for layer in layers or []:
         if layer not in stored:
             raise NeuroprobeError(f"layer '{layer}' is not in {store}; stored layers: {closest(layer, stored)}")
@@ -31,7 +30,7 @@ def layer_names(store: str | Path, layers: Sequence[str] | None = None) -> list[
 
 def read_blocks(store: str | Path, layer: str, stats: Sequence[str]) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
     """(rows, {stat: float32 (n, units)}) for consecutive blocks of whole store chunks."""
-    group = zarr.open_group(str(store), mode="r")[layer]
+    group = open_group(store)[layer]
     arrays = {stat: group[stat] for stat in stats}
     first = next(iter(arrays.values()))
     n, units = first.shape
