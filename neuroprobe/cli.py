@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("PIL", "matplotlib", "urllib3", "fsspec", "asyncio"):
+    for noisy in ("PIL", "matplotlib", "urllib3", "fsspec", "asyncio", "botocore", "aiobotocore", "s3fs", "distributed"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from .malloc import keep_freed_memory
 
