@@ -130,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
 
     p = sub.add_parser("report", help="selectivity, top/bottom-K images and opponent responses: CSV + PNG",
-                       description="Read a store (no model needed) and write selectivity.csv, topk.csv, "
+                       description="Read a store (a folder or an fsspec URL such as s3://bucket/run.zarr; no model "
+                                   "needed) and write selectivity.csv, topk.csv, "
                                    "opponent.csv, summary.csv and PNG figures into --out.")
     p.add_argument("store")
     p.add_argument("--category", default="dog", help="category to analyse; 'dog' = ImageNet classes 151-268 "
@@ -149,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=9, help="top-K and bottom-K images per unit (default: %(default)s)")
     p.add_argument("--n", type=int, default=50, help="strongest responses per side for the opponent counts "
                                                      "(default: %(default)s)")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="dask.distributed scheduler (e.g. tcp://10.0.0.5:8786): read and reduce the store's chunks "
+                        "on its workers; the tables equal the single-process ones (needs neuroprobe[dask])")
     p.add_argument("--out", required=True, help="folder for the CSV tables and PNG figures")
 
     p = sub.add_parser("occlude", help="occlusion discrepancy maps of a layer's units for every image",
@@ -327,7 +331,8 @@ def _report(args) -> int:
 
     summary = report(args.store, args.out, args.category, layers=args.layers, stat=args.stat, k=args.k, n=args.n,
                      threshold=args.threshold, permutations=args.permutations, seed=args.seed,
-                     column=args.category_column, mapping=args.category_map, normalization=args.normalization)
+                     column=args.category_column, mapping=args.category_map, normalization=args.normalization,
+                     scheduler=args.scheduler)
     print(f"{args.category}-selective units (Malakhova index on {args.stat}, {args.normalization} normalized, "
           f">= {args.threshold:g}):")
     for row in summary.itertuples():

@@ -33,6 +33,18 @@ class TopKCollector:
         for (stat, _direction), running in self.running.items():
             running.add(blocks[stat][keep], rows[keep])
 
+    def block(self, rows: np.ndarray, blocks: dict[str, np.ndarray], valid: np.ndarray,
+              draw=None) -> dict[tuple[str, str], RunningTopK]:
+        """One block's own top/bottom-K per criterion, without touching this collector (dask workers)."""
+        partial = TopKCollector(self.layer, self.k, self.criteria, self.eligible)
+        partial.add(rows, blocks, valid)
+        return partial.running
+
+    def merge(self, partial: dict[tuple[str, str], RunningTopK]) -> None:
+        """Fold a block's top/bottom-K in: exact in any order (ties go to the earlier image all the same)."""
+        for criterion, running in partial.items():
+            self.running[criterion].merge(running)
+
     def result(self, stat: str, direction: str) -> tuple[np.ndarray, np.ndarray]:
         return self.running[(stat, direction)].result()
 
