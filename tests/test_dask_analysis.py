@@ -7,9 +7,11 @@ import pandas as pd
 import pytest
 
 from neuroprobe.analysis import analyze
+from conftest import SAMPLE_CSV
 from test_analysis import STATS, make_store, random_layer, scan_module
 
 distributed = pytest.importorskip("distributed")
+dask = pytest.importorskip("dask")
 
 OPTIONS = {"category": "dog", "k": 5, "n": 12, "permutations": 200, "seed": 4}
 
@@ -72,20 +74,35 @@ def test_dask_redraws_when_a_readable_image_has_nan_values(tied_store, client, c
     assert "drawing the permutations again" in caplog.text
 
 
-def test_report_scheduler_address(small_csv, client, tmp_path, monkeypatch, capsys):
-    """``report --scheduler ADDRESS`` on a real extraction writes the same CSV files byte for byte."""
-    from neuroprobe import extract
+def test_report_scheduler_address(client, tmp_path, monkeypatch, capsys):
+    """``report --scheduler ADDRESS`` writes the same CSV files byte for byte (a store of the sample's images)."""
+    from neuroprobe.capture import LayerInfo
     from neuroprobe.cli import main
+    from neuroprobe.data import Manifest
+    from neuroprobe.models import Preprocessing
+    from neuroprobe.store import Store
 
     monkeypatch.setenv("NEUROPROBE_NO_MALLOPT", "1")
-    store = extract("efficientnet_lite0", small_csv, ["blocks.3"], tmp_path / "r.zarr", progress=False)
-    args = ["report", str(store), "--k", "2", "--n", "3", "--permutations", "20"]
+    table = pd.read_csv(SAMPLE_CSV)
+    n, rng = len(table), np.random.default_rng(2)
+    values = random_layer(rng, n, 4, ties=True)
+    store = Store.create(tmp_path / "s.zarr", Manifest(table, SAMPLE_CSV.parent),
+                         {"conv": LayerInfo("conv", "Synthetic", (4, 3, 3), "pre-activation: output", 1)},
+                         {"provenance": {"model": "synthetic"}, "preprocessing": Preprocessing().to_dict()}, 8)
+    ok = np.ones(n, bool)
+    ok[[3, 17]] = False
+    for c in range(store.n_chunks):
+        rows = store.chunk_rows(c)
+        stats = np.stack([values[stat][rows.start:rows.stop] for stat in STATS]).astype(np.float32)
+        store.write_chunk(c, {"conv": stats}, {}, ok[rows.start:rows.stop].copy(), [""] * len(rows))
+    args = ["report", str(store.path), "--k", "2", "--n", "5", "--permutations", "50"]
     assert main([*args, "--out", str(tmp_path / "one")]) == 0
     assert main([*args, "--scheduler", client.scheduler.address, "--out", str(tmp_path / "dask")]) == 0
     for name in ("selectivity.csv", "topk.csv", "opponent.csv", "summary.csv"):
         assert (tmp_path / "dask" / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), name
     capsys.readouterr()
-    assert main([*args, "--scheduler", "tcp://127.0.0.1:9", "--out", str(tmp_path / "no")]) == 2
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
+        assert main([*args, "--scheduler", "tcp://127.0.0.1:9", "--out", str(tmp_path / "no")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot reach the dask scheduler at tcp://127.0.0.1:9" in err[0], err
 

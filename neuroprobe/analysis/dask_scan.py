@@ -38,7 +38,7 @@ def dask_client(scheduler: Any) -> Iterator[Any]:
         yield scheduler
         return
     try:
-        client = Client(str(scheduler), timeout="10s")
+        client = Client(str(scheduler))  # waits dask's `distributed.comm.timeouts.connect` (30 s by default)
     except (OSError, TimeoutError, ValueError) as exc:
         raise NeuroprobeError(f"cannot reach the dask scheduler at {scheduler} ({exc}); start one with "
                               "'dask scheduler' and 'dask worker ADDRESS', or check --scheduler") from exc
