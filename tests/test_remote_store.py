@@ -171,3 +171,24 @@ def test_urls_name_what_is_missing(s3, dataset, local_reference, capsys):
     assert "is not a neuroprobe store" in line, line
     code, out, err = run_main(["info", f"file://{local_reference}"], capsys)
     assert code == 0 and f"{N_ROWS}: 17 done" in out, err
+
+
+def test_map_stores_at_a_url_equal_local_ones(s3, dataset, tmp_path):
+    """``occlude`` (and every map store: the same open/resume code) writes to S3 what it writes locally."""
+    from helpers_robustness import store_attrs
+
+    from neuroprobe.maps.occlusion_store import occlude
+
+    csv, _ = dataset
+    few = tmp_path / "few.csv"
+    pd.read_csv(csv).iloc[4:7].to_csv(few, index=False)  # an unreadable image among two photos
+    options = {"units": [0, 1], "window": 56, "stride": 56, "device": "cpu"}
+    local = occlude("efficientnet_lite0", few, "blocks.3", tmp_path / "occ.zarr", **options)
+    url = occlude("efficientnet_lite0", few, "blocks.3", f"s3://{BUCKET}/occ.zarr", **options)
+    assert url == f"s3://{BUCKET}/occ.zarr"
+    got, want = store_arrays(url), store_arrays(local)
+    assert sorted(got) == sorted(want) and list(want["images/status"]) == ["ok", "error", "ok"]
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key, strict=True)
+    assert store_attrs(url) == store_attrs(local)
+    assert occlude("efficientnet_lite0", few, "blocks.3", url, **options) == url  # resumed: nothing left to do

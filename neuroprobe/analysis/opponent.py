@@ -33,6 +33,8 @@ class OpponentCollector:
     def merge(self, partial) -> None:
         self.ranking.merge(partial)
 
+    combine = staticmethod(TopKCollector.combine)
+
     def frame(self) -> pd.DataFrame:
         counts = {}
         for side, criterion in (("positive", ("max", "top")), ("negative", ("min", "bottom"))):

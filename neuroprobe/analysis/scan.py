@@ -9,6 +9,7 @@ from ..errors import NeuroprobeError, closest
 from ..location import open_group
 
 READ_BYTES = 16 << 20  # per statistic and read: one or a few store chunks at a time
+GROUP_BLOCKS = 8       # blocks summed together before their sums join the total: one dask task's share
 
 
 class Collector(Protocol):
@@ -21,6 +22,8 @@ class Collector(Protocol):
     def block(self, rows: np.ndarray, blocks: dict[str, np.ndarray], valid: np.ndarray, draw=None): ...
 
     def merge(self, partial) -> None: ...
+
+    def combine(self, first, then): ...
 
 
 def layer_names(store: str | Path, layers: Sequence[str] | None = None) -> list[str]:
@@ -38,7 +41,8 @@ def needed_stats(collectors: Sequence[Collector]) -> list[str]:
 
 
 def block_ranges(store: str | Path, layer: str) -> list[tuple[int, int]]:
-    """[lo, hi) row ranges of whole store chunks, about READ_BYTES per statistic each."""
+    """[lo, hi) row ranges of whole store chunks, about READ_BYTES per statistic each (the same for
+    every path through the store: the blocks and their groups fix the order of every float sum)."""
     first = open_group(store)[layer]["mean"]
     n, units = first.shape
     chunk = first.chunks[0]

@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 
 from .running import ChunkedPermutation, GroupSums, PermutationDraw, UnitSums
+from .scan import GROUP_BLOCKS
 
 NORMALIZATIONS = ("minmax", "rectify")
 
@@ -72,13 +73,25 @@ class CategorySums:
 
 @dataclass
 class SelectivityPartial:
-    """One block's sums (see :meth:`SelectivityCollector.block`); ``kept`` = images it analysed."""
+    """Sums over consecutive blocks (see :meth:`SelectivityCollector.block`); ``kept`` = images each analysed."""
 
     units: UnitSums
     in_category: CategorySums
     null: GroupSums | None
     class_sums: ClassSums | None
-    kept: int
+    kept: list[int]
+
+    def merge(self, other: "SelectivityPartial") -> None:
+        """Add the next blocks' sums (in block order: float sums depend on it)."""
+        self.units.merge(other.units)
+        self.in_category.merge(other.in_category)
+        if self.null is not None and other.null is not None:
+            self.null.merge(other.null)
+        else:  # a block drawn for another number of images: no null here (the dask pass draws again)
+            self.null = None
+        if self.class_sums is not None:
+            self.class_sums.merge(other.class_sums)
+        self.kept = self.kept + other.kept
 
 
 class SelectivityCollector:
@@ -101,6 +114,7 @@ class SelectivityCollector:
         self.null = GroupSums(self.positive, float32=True) if permutations else None
         self.permuter = self._permuter()
         self.class_sums = ClassSums(len(classes[1]), self.positive) if classes is not None else None
+        self.group: SelectivityPartial | None = None  # the blocks since the last GROUP_BLOCKS boundary
 
     def _permuter(self) -> ChunkedPermutation | None:
         if not self.permutations:
@@ -119,8 +133,24 @@ class SelectivityCollector:
         return [permuter.draw(k) if permuter else None for k in kept]
 
     def add(self, rows: np.ndarray, blocks: dict[str, np.ndarray], valid: np.ndarray) -> None:
+        """Blocks are summed in groups of GROUP_BLOCKS, then the group into the total (as a dask task does)."""
         draw = self.permuter.draw(self.kept(rows, valid)) if self.permuter else None
-        self.merge(self.block(rows, blocks, valid, draw))
+        self.group = self.combine(self.group, self.block(rows, blocks, valid, draw))
+        if len(self.group.kept) == GROUP_BLOCKS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.group is not None:
+            self.merge(self.group)
+            self.group = None
+
+    @staticmethod
+    def combine(first: SelectivityPartial | None, then: SelectivityPartial) -> SelectivityPartial:
+        """The sums of ``first``'s blocks followed by ``then``'s."""
+        if first is None:
+            return then
+        first.merge(then)
+        return first
 
     def block(self, rows: np.ndarray, blocks: dict[str, np.ndarray], valid: np.ndarray,
               draw: PermutationDraw | None = None) -> SelectivityPartial:
@@ -140,10 +170,10 @@ class SelectivityCollector:
             codes = self.classes[0][rows]
             labelled = valid & (codes >= 0)
             class_sums.add(values[labelled], codes[labelled])
-        return SelectivityPartial(units, in_category, null, class_sums, len(chosen))
+        return SelectivityPartial(units, in_category, null, class_sums, [len(chosen)])
 
     def merge(self, partial: SelectivityPartial) -> None:
-        """Fold one block's sums into the running ones (in block order: float sums depend on it)."""
+        """Fold one group's sums into the total (in group order: float sums depend on it)."""
         self.units.merge(partial.units)
         self.in_category.merge(partial.in_category)
         if self.null is not None:
@@ -162,6 +192,7 @@ class SelectivityCollector:
             return sums / np.where(u.high > 0, u.high, np.nan)
 
     def frame(self) -> pd.DataFrame:
+        self.flush()
         u, eps = self.units, self.eps
         n, n_cat = u.n, float(self.in_category.count)
         total = self._normalize(u.positive if self.normalization == "rectify" else u.total, n)

@@ -45,6 +45,16 @@ class TopKCollector:
         for criterion, running in partial.items():
             self.running[criterion].merge(running)
 
+    @staticmethod
+    def combine(first: dict[tuple[str, str], RunningTopK] | None,
+                then: dict[tuple[str, str], RunningTopK]) -> dict[tuple[str, str], RunningTopK]:
+        """The top/bottom-K of both blocks' images."""
+        if first is None:
+            return then
+        for criterion, running in then.items():
+            first[criterion].merge(running)
+        return first
+
     def result(self, stat: str, direction: str) -> tuple[np.ndarray, np.ndarray]:
         return self.running[(stat, direction)].result()
 
