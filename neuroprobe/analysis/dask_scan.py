@@ -1,12 +1,13 @@
 """The same pass as :func:`~neuroprobe.analysis.scan.scan`, with the blocks read and reduced on a dask cluster.
 
 Each group of GROUP_BLOCKS blocks of store chunks is one task on a worker: it opens the store (a
-path every worker sees, or an fsspec URL), reads the blocks one by one, runs every collector's own
-``block`` on each and ``combine``s them in order. The client merges the groups' partial results in
+path every worker sees, or an fsspec URL), reads the blocks one by one and runs every collector's
+own ``block`` on each, into the group's partial result. The client merges the groups' partial results in
 order with the collectors' ``merge``, the very arithmetic of the single-process pass (which sums the
 same groups), so the tables are equal bit for bit: top/bottom-K keys carry their row, so ties go to
-the earlier image whichever task finishes first, and float sums are added in the same order. The permutation null's per-block member counts are drawn on the client first (cheap,
-sequential); each task draws its block's placements from the generator state it is handed.
+the earlier image whichever task finishes first, and float sums are added in the same order. The
+permutation null's per-block member counts are drawn on the client first (cheap, sequential); each
+task draws its blocks' placements from the generator states it is handed.
 """
 from __future__ import annotations
 
@@ -62,7 +63,7 @@ def _group_task(store: str, layer: str, stats: Sequence[str], ranges: Sequence[t
     for b, (lo, hi) in enumerate(ranges):
         rows, blocks, valid = read_block(group, stats, lo, hi)
         for j, collector in enumerate(collectors):
-            partials[j] = collector.combine(partials[j], collector.block(rows, blocks, valid, draws[j][b]))
+            partials[j] = collector.block(rows, blocks, valid, draws[j][b], into=partials[j])
     return partials
 
 

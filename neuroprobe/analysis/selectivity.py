@@ -135,7 +135,7 @@ class SelectivityCollector:
     def add(self, rows: np.ndarray, blocks: dict[str, np.ndarray], valid: np.ndarray) -> None:
         """Blocks are summed in groups of GROUP_BLOCKS, then the group into the total (as a dask task does)."""
         draw = self.permuter.draw(self.kept(rows, valid)) if self.permuter else None
-        self.group = self.combine(self.group, self.block(rows, blocks, valid, draw))
+        self.group = self.block(rows, blocks, valid, draw, into=self.group)
         if len(self.group.kept) == GROUP_BLOCKS:
             self.flush()
 
@@ -144,17 +144,10 @@ class SelectivityCollector:
             self.merge(self.group)
             self.group = None
 
-    @staticmethod
-    def combine(first: SelectivityPartial | None, then: SelectivityPartial) -> SelectivityPartial:
-        """The sums of ``first``'s blocks followed by ``then``'s."""
-        if first is None:
-            return then
-        first.merge(then)
-        return first
-
     def block(self, rows: np.ndarray, blocks: dict[str, np.ndarray], valid: np.ndarray,
-              draw: PermutationDraw | None = None) -> SelectivityPartial:
-        """One block's sums, without touching this collector (runs on a dask worker as well)."""
+              draw: PermutationDraw | None = None, into: SelectivityPartial | None = None) -> SelectivityPartial:
+        """The sums of ``into``'s blocks followed by this one, without touching this collector (runs on a
+        dask worker as well)."""
         values = blocks[self.stat]
         keep = self.analysed[rows] & valid
         chosen, member = values[keep], self.membership[rows][keep]
@@ -170,7 +163,11 @@ class SelectivityCollector:
             codes = self.classes[0][rows]
             labelled = valid & (codes >= 0)
             class_sums.add(values[labelled], codes[labelled])
-        return SelectivityPartial(units, in_category, null, class_sums, [len(chosen)])
+        partial = SelectivityPartial(units, in_category, null, class_sums, [len(chosen)])
+        if into is None:
+            return partial
+        into.merge(partial)
+        return into
 
     def merge(self, partial: SelectivityPartial) -> None:
         """Fold one group's sums into the total (in group order: float sums depend on it)."""
