@@ -13,7 +13,11 @@ One run:
    nothing with the data;
 3. measures ``neuroprobe.analysis.analyze(store, "dog", stat="mean", k=9, ...)`` for
    ``parts=("selectivity", "topk")`` with each ``--permutations`` count (the permutation null is
-   the costly part of selectivity), then once with ``parts=("selectivity", "topk", "opponent")``.
+   the costly part of selectivity), then once with ``parts=("selectivity", "topk", "opponent")``;
+4. with ``--dask-workers 1 2``: the same analyses with ``scheduler=`` a ``distributed.LocalCluster``
+   of that many single-threaded workers (started before the clock, inside the measured process;
+   ``--dask-processes`` puts the workers in processes of their own), checked equal to the
+   single-process tables of the same run.
 
 Every measurement runs in a fresh Python process (same imports for all), timed around the call
 only; its peak memory is that process's ``ru_maxrss``. Page cache: with ``--cache cold`` (default)
@@ -191,17 +195,38 @@ def run_floor(store: str) -> dict[str, Any]:
     from neuroprobe.analysis.scan import read_blocks
 
     rows = 0
-    for block_rows, _ in read_blocks(store, LAYER, NEEDED_STATS):
+    for block_rows, _, _ in read_blocks(store, LAYER, NEEDED_STATS):
         rows += len(block_rows)
     return {"rows": rows}
 
 
-def run_analysis(store: str, parts: list[str], permutations: int, k: int) -> dict[str, Any]:
+def table_digest(out: dict[str, pd.DataFrame]) -> str:
+    """sha256 (12 digits) of the tables' exact contents, to check that two paths agree bit for bit."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for part, frame in out.items():
+        digest.update(part.encode())
+        digest.update(pd.util.hash_pandas_object(frame, index=True).to_numpy().tobytes())
+    return digest.hexdigest()[:12]
+
+
+def run_analysis(store: str, parts: list[str], permutations: int, k: int, scheduler=None) -> dict[str, Any]:
     """``neuroprobe.analysis.analyze`` for the dog category on the mean; returns the table sizes."""
     from neuroprobe.analysis import analyze
 
-    out = analyze(store, "dog", stat="mean", k=k, parts=tuple(parts), permutations=permutations)
-    return {f"{part}_rows": len(frame) for part, frame in out.items()}
+    out = analyze(store, "dog", stat="mean", k=k, parts=tuple(parts), permutations=permutations, scheduler=scheduler)
+    return {**{f"{part}_rows": len(frame) for part, frame in out.items()}, "tables": table_digest(out)}
+
+
+def start_cluster(workers: int, processes: bool):
+    """A LocalCluster of ``workers`` single-threaded workers and its client, ready before the clock starts."""
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=processes, dashboard_address=None)
+    client = Client(cluster)
+    client.wait_for_workers(workers)
+    return cluster, client
 
 
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
@@ -213,16 +238,22 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
 
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
+    cluster = client = None
+    if spec["kind"] == "dask":
+        cluster, client = start_cluster(spec["workers"], spec["processes"])
     baseline = rss_mb()
     before = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
     if spec["kind"] == "floor":
         info = run_floor(spec["store"])
     else:
-        info = run_analysis(spec["store"], spec["parts"], spec["permutations"], spec["k"])
+        info = run_analysis(spec["store"], spec["parts"], spec["permutations"], spec["k"], client)
     seconds = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_SELF)
     cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    if client is not None:
+        client.close()
+        cluster.close()
     return {**spec, **info, "seconds": seconds, "cpu_seconds": cpu, "baseline_mb": baseline,
             "peak_mb": after.ru_maxrss / 1024, "sources": sources, "torch_threads": torch.get_num_threads()}
 
@@ -239,15 +270,20 @@ def measure(spec: dict[str, Any], store: Path, cache: str) -> dict[str, Any]:
 
 
 def plan(store: Path, permutations: list[int], k: int, opponent_permutations: int,
-         threads: int) -> list[dict[str, Any]]:
-    """The measurements of one run: the floor, then the analyses."""
+         threads: int, dask_workers: list[int] = (), processes: bool = False) -> list[dict[str, Any]]:
+    """The measurements of one run: the floor, then the analyses (single process, then on each cluster)."""
     specs: list[dict[str, Any]] = [{"kind": "floor", "label": "floor: read min/mean/max/area once"}]
-    for p in permutations:
-        specs.append({"kind": "analysis", "parts": ["selectivity", "topk"], "permutations": p, "k": k,
-                      "label": f"selectivity + topk, permutations={p}"})
-    specs.append({"kind": "analysis", "parts": ["selectivity", "topk", "opponent"],
-                  "permutations": opponent_permutations, "k": k,
-                  "label": f"selectivity + topk + opponent, permutations={opponent_permutations}"})
+    analyses = [{"parts": ["selectivity", "topk"], "permutations": p, "k": k,
+                 "label": f"selectivity + topk, permutations={p}"} for p in permutations]
+    analyses.append({"parts": ["selectivity", "topk", "opponent"], "permutations": opponent_permutations, "k": k,
+                     "label": f"selectivity + topk + opponent, permutations={opponent_permutations}"})
+    for analysis in analyses:
+        specs.append({"kind": "analysis", **analysis})
+        for workers in dask_workers:
+            where = "processes" if processes else "threads"
+            specs.append({"kind": "dask", **analysis, "workers": workers, "processes": processes,
+                          "label": f"dask, {workers} worker {where}: {analysis['label']}",
+                          "single": analysis["label"]})
     return [{**s, "store": str(store), "threads": threads} for s in specs]
 
 
@@ -298,20 +334,26 @@ def code_state() -> dict[str, str]:
 
 
 def table_rows(results: list[dict[str, Any]], images: int, units: int, disk: int) -> list[list[str]]:
-    """One row per measurement: time, throughput, ratio to the floor, memory."""
+    """One row per measurement: time, throughput, ratio to the floor and to the single process, memory."""
     floor = next(r["seconds"] for r in results if r["kind"] == "floor")
+    single = {r["label"]: r for r in results if r["kind"] == "analysis"}
     raw = images * units * 4 * len(NEEDED_STATS)
     rows = []
     for r in results:
         s = r["seconds"]
+        versus = same = ""
+        if r["kind"] == "dask":
+            reference = single[r["single"]]
+            versus = f"{s / reference['seconds']:.2f}"
+            same = "yes" if r["tables"] == reference["tables"] else "NO"
         rows.append([r["label"], f"{s:.1f}", f"{r['cpu_seconds']:.1f}", f"{images / s:,.0f}",
-                     f"{disk / s / 1e9:.2f}", f"{raw / s / 1e9:.2f}", f"{s / floor:.2f}",
+                     f"{disk / s / 1e9:.2f}", f"{raw / s / 1e9:.2f}", f"{s / floor:.2f}", versus, same,
                      f"{r['baseline_mb']:.0f}", f"{r['peak_mb']:.0f}", f"{r['load_before']:.1f}"])
     return rows
 
 
 HEADER = ["measurement", "seconds", "CPU seconds", "images/s", "GB/s on disk", "GB/s decoded", "x floor",
-          "RSS before (MiB)", "peak RSS (MiB)", "load avg before"]
+          "x single process", "tables equal", "RSS before (MiB)", "peak RSS (MiB)", "load avg before"]
 
 
 def markdown_table(rows: list[list[str]]) -> str:
@@ -383,6 +425,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--k", type=int, default=9, help="top/bottom-K (default 9)")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads in the measured processes (default: torch's own choice)")
+    parser.add_argument("--dask-workers", type=int, nargs="*", default=[],
+                        help="also run every analysis on a LocalCluster of each of these worker counts (e.g. 1 2)")
+    parser.add_argument("--dask-processes", action="store_true",
+                        help="dask workers in processes of their own (default: threads of the measured process)")
     parser.add_argument("--build-only", action="store_true", help="build the store and stop")
     parser.add_argument("--markdown", default=str(HERE / "results_analysis.md"),
                         help="where to write the report ('' for nowhere; default benchmarks/results_analysis.md)")
@@ -410,7 +456,8 @@ def main(argv: list[str] | None = None) -> None:
     info, code = machine(), code_state()
     load_start = os.getloadavg()[0]
     results = []
-    for spec in plan(path, args.permutations, args.k, args.opponent_permutations, args.threads):
+    for spec in plan(path, args.permutations, args.k, args.opponent_permutations, args.threads, args.dask_workers,
+                     args.dask_processes):
         print(f"{spec['label']} ...", end=" ", flush=True)
         results.append(measure(spec, path, args.cache))
         print(f"{results[-1]['seconds']:.1f} s, peak {results[-1]['peak_mb']:.0f} MiB", flush=True)

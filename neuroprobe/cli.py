@@ -133,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
 
     p = sub.add_parser("report", help="selectivity, top/bottom-K images and opponent responses: CSV + PNG",
-                       description="Read a store (no model needed) and write selectivity.csv, topk.csv, "
+                       description="Read a store (a folder or an fsspec URL such as s3://bucket/run.zarr; no model "
+                                   "needed) and write selectivity.csv, topk.csv, "
                                    "opponent.csv, summary.csv and PNG figures into --out.")
     p.add_argument("store")
     p.add_argument("--category", default="dog", help="category to analyse; 'dog' = ImageNet classes 151-268 "
@@ -152,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=9, help="top-K and bottom-K images per unit (default: %(default)s)")
     p.add_argument("--n", type=int, default=50, help="strongest responses per side for the opponent counts "
                                                      "(default: %(default)s)")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="dask.distributed scheduler (e.g. tcp://10.0.0.5:8786): read and reduce the store's chunks "
+                        "on its workers; the tables equal the single-process ones (needs neuroprobe[dask])")
     p.add_argument("--out", required=True, help="folder for the CSV tables and PNG figures")
 
     p = sub.add_parser("occlude", help="occlusion discrepancy maps of a layer's units for every image",
@@ -257,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("PIL", "matplotlib", "urllib3", "fsspec", "asyncio"):
+    for noisy in ("PIL", "matplotlib", "urllib3", "fsspec", "asyncio", "botocore", "aiobotocore", "s3fs", "distributed"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from .malloc import keep_freed_memory
 
@@ -308,10 +312,11 @@ def _extract(args) -> int:
 
 
 def _print_info(path) -> None:
+    from .location import display
     from .store import summary
 
     s = summary(path)
-    print(f"store    {Path(s['path']).resolve()}")
+    print(f"store    {display(s['path'])}")
     print(f"model    {s['model']}  weights {s['weights']}" + (f"  sha256 {s['weights_sha256'][:12]}" if s['weights_sha256'] else ""))
     print(f"capture  {s['capture']}  amp {s['amp']}  decode {s['decode']}  {s['memory_format']}  created {s['created']}")
     print(f"images   {s['images']}: {s['done']} done, {s['skipped']} skipped (unreadable), {s['missing']} missing "
@@ -329,7 +334,8 @@ def _report(args) -> int:
 
     summary = report(args.store, args.out, args.category, layers=args.layers, stat=args.stat, k=args.k, n=args.n,
                      threshold=args.threshold, permutations=args.permutations, seed=args.seed,
-                     column=args.category_column, mapping=args.category_map, normalization=args.normalization)
+                     column=args.category_column, mapping=args.category_map, normalization=args.normalization,
+                     scheduler=args.scheduler)
     print(f"{args.category}-selective units (Malakhova index on {args.stat}, {args.normalization} normalized, "
           f">= {args.threshold:g}):")
     for row in summary.itertuples():
@@ -346,10 +352,10 @@ def _occlude(args) -> int:
                   window=args.window, stride=args.stride, fill=args.fill, response=args.response,
                   absolute=args.absolute, rf_only=args.rf_only, device=args.device, overwrite=args.overwrite,
                   batch_size=args.batch_size)
-    import zarr
+    from .location import display, open_group
 
-    group = zarr.open_group(str(out), mode="r")
-    print(f"store    {out.resolve()}")
+    group = open_group(out)
+    print(f"store    {display(out)}")
     print(f"maps     discrepancy {'x'.join(map(str, group['discrepancy'].shape))} (image, unit, y, x); "
           f"{int(group['done'][:].sum())} images done")
     return 0
@@ -377,13 +383,13 @@ def _saliency(args) -> int:
     out = saliency(args.model, args.data, args.out, args.method, weights=args.weights, layer=args.layer,
                    target=args.target, batch_size=args.batch_size, device=args.device, raw=args.raw,
                    overwrite=args.overwrite, **_method_options(args, args.method))
-    import zarr
+    from .location import display, open_group
 
-    group = zarr.open_group(str(out), mode="r")
+    group = open_group(out)
     done = group["done"][:]
     ok = group["images/status"][:] == "ok"
     correct = (group["target"][:] == group["predicted"][:])[ok]
-    print(f"store    {out.resolve()}")
+    print(f"store    {display(out)}")
     print(f"maps     {args.method} {'x'.join(map(str, group['map'].shape))} (image, y, x): {int(done.sum())} done, "
           f"{int((done & ~ok).sum())} skipped (unreadable); target = prediction for "
           f"{correct.mean():.0%} of them" if ok.any() else "no readable image")

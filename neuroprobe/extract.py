@@ -28,6 +28,7 @@ from .device import AMP_DTYPES, MEMORY_FORMATS, autocast, choose_memory_format, 
 from .distributed import Distributed
 from .errors import NeuroprobeError
 from .loader import DECODERS, image_batches
+from .location import Location
 from .malloc import keep_freed_memory_on_cpu
 from .models import LoadedModel, load_model
 from .reduce import STATS, pool_units
@@ -84,11 +85,12 @@ def extract(model: str | LoadedModel, data: str | Path | Manifest, layers: Seque
             amp: str | None = None, memory_format: str = "auto", decode: str = "cpu",
             chunk_size: int | None = None, overwrite: bool = False, progress: bool | None = None,
             max_pixels: int = MAX_PIXELS, extra_attrs: dict[str, Any] | None = None,
-            channels_last: bool | None = None) -> Path:
+            channels_last: bool | None = None) -> Path | str:
     """Extract pooled statistics of ``layers`` for every image of ``data`` into the store ``out``.
 
-    Resumes a store made by the same model/weights/layers/data; refuses a different one unless
-    ``overwrite``. Returns the store's path. Read it with :func:`neuroprobe.open_layer`.
+    ``out`` is a folder or an fsspec URL (``s3://bucket/run.zarr``). Resumes a store made by the same
+    model/weights/layers/data; refuses a different one unless ``overwrite``. Returns the store's path
+    (its URL for a remote store). Read it with :func:`neuroprobe.open_layer`.
     ``workers=None`` decodes in a background thread on the CPU and in a share of the cores'
     processes on a GPU; ``memory_format="auto"`` runs convolutional models channels-last;
     ``decode="gpu"`` decodes JPEGs on the extraction device (see :mod:`neuroprobe.decode`).
@@ -109,7 +111,7 @@ def extract(model: str | LoadedModel, data: str | Path | Manifest, layers: Seque
     unknown = [s for s in spatial if s not in layers]
     if unknown:
         raise NeuroprobeError(f"--spatial {' '.join(unknown)} must also be among --layers")
-    out = Path(out)
+    out = Location.of(out)
     _check_writable(out)
     manifest = data if isinstance(data, Manifest) else read_manifest(data)  # cheap mistakes first
     loaded = model if isinstance(model, LoadedModel) else load_model(model, weights)
@@ -140,10 +142,14 @@ def extract(model: str | LoadedModel, data: str | Path | Manifest, layers: Seque
     if mine:
         _run(store, plan, module, dev, mine, batch_size, workers, progress, max_pixels, dist)
     dist.barrier()
-    return out
+    return out.path or out.url
 
 
-def _check_writable(out: Path) -> None:
+def _check_writable(location: Location) -> None:
+    if location.remote:
+        location.check_writable()
+        return
+    out = location.path
     parent = out.resolve().parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -155,11 +161,11 @@ def _check_writable(out: Path) -> None:
         raise NeuroprobeError(f"{out} exists and is not a store; choose another --out")
 
 
-def _open_or_create(out: Path, plan: ExtractionPlan, dist: Distributed, overwrite: bool,
+def _open_or_create(out: Location, plan: ExtractionPlan, dist: Distributed, overwrite: bool,
                     explicit_chunk: bool) -> Store:
     """Rank 0 creates the store, or checks that an existing one was made the same way; all ranks open it."""
     if dist.rank == 0:
-        is_store = (out / "zarr.json").exists()
+        is_store = out.is_store()
         if is_store and not overwrite:
             store = Store(out)
             if not explicit_chunk:
@@ -171,7 +177,7 @@ def _open_or_create(out: Path, plan: ExtractionPlan, dist: Distributed, overwrit
                 raise NeuroprobeError(f"{out} was made with other settings ({detail}); "
                                       "use another --out, or --overwrite to replace it")
         else:
-            if out.exists() and not is_store and any(out.iterdir()):
+            if not is_store and not out.is_partial() and not out.is_empty():
                 raise NeuroprobeError(f"{out} is a non-empty folder that is not a store; choose another --out")
             Store.create(out, plan.manifest, plan.layers, plan.attrs(), plan.chunk_size, plan.spatial)
     dist.barrier()

@@ -81,13 +81,12 @@ def unit_images(store: str | Path, topk: pd.DataFrame, layer: str, unit: int, k:
     """A unit's top-K images by ``top`` (first row) and bottom-K by ``bottom`` (second row), with their
     values, cropped as the model saw them. ``manufactured``: {"top"|"bottom": (uint8 (3, H, W) image,
     value, label)} puts a synthesized image in an extra first column of that row."""
-    import zarr
-
     from .data import load_image
+    from .location import open_group
     from .models import Preprocessing
     from .store import read_images
 
-    attrs = dict(zarr.open_group(str(store), mode="r").attrs)
+    attrs = dict(open_group(store).attrs)
     prep = attrs["preprocessing"]
     preprocessing = Preprocessing(**{**prep, "mean": tuple(prep["mean"]), "std": tuple(prep["std"])})
     images = read_images(store)

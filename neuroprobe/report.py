@@ -32,8 +32,11 @@ def summarize(tables: dict[str, pd.DataFrame], threshold: float) -> pd.DataFrame
 def report(store: str | Path, out: str | Path, category: str = "dog", *, layers: Sequence[str] | None = None,
            stat: str = "mean", k: int = 9, n: int = 50, threshold: float = 0.65, permutations: int = 1000,
            seed: int = 0, column: str | None = None, mapping=None, normalization: str = "minmax",
-           units_per_layer: int = 3) -> pd.DataFrame:
-    """Write selectivity.csv, topk.csv, opponent.csv, summary.csv and the figures into ``out``; return the summary."""
+           units_per_layer: int = 3, scheduler=None) -> pd.DataFrame:
+    """Write selectivity.csv, topk.csv, opponent.csv, summary.csv and the figures into ``out``; return the summary.
+
+    ``store`` is a folder or an fsspec URL; ``scheduler`` (a dask client or address) runs the analyses on a cluster.
+    """
     import matplotlib.pyplot as plt
 
     from . import plots
@@ -45,7 +48,7 @@ def report(store: str | Path, out: str | Path, category: str = "dog", *, layers:
         raise NeuroprobeError(f"cannot write into {out} ({exc.strerror}); choose another --out") from exc
     tables = analyze(store, category, layers=layers, stat=stat, k=k, n=n, column=column, mapping=mapping,
                      normalization=normalization, threshold=threshold, permutations=permutations, seed=seed,
-                     image_columns=True)
+                     image_columns=True, scheduler=scheduler)
     for name, frame in tables.items():
         frame.to_csv(out / f"{name}.csv", index=False)
     summary = summarize(tables, threshold)

@@ -7,8 +7,8 @@ STORE.zarr/          attrs: provenance; `journal` (chunk,) uint8: 1 once a chunk
                      [spatial]: float16 (image, unit, y, x)
 ```
 
-The layout is built in a temporary folder and renamed into place, so a store either exists
-whole or not at all. Each image chunk is written by exactly one process and marked in the
+The layout is built in a temporary folder and renamed into place (uploaded with its root metadata
+last for an fsspec URL such as ``s3://bucket/run.zarr``), so a store either exists whole or not at all. Each image chunk is written by exactly one process and marked in the
 journal (one Zarr chunk per entry, so processes never share a file) after its data.
 """
 from __future__ import annotations
@@ -31,6 +31,7 @@ import zarr
 from .capture import LayerInfo
 from .data import Manifest
 from .errors import NeuroprobeError
+from .location import Location
 from .reduce import STATS
 
 log = logging.getLogger(__name__)
@@ -70,9 +71,10 @@ def _column_array(values: pd.Series) -> tuple[np.ndarray, Any]:
 class Store:
     """Read/write access to one extraction store."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.root = zarr.open_group(str(self.path), mode="r+")
+    def __init__(self, path: str | Path | Location) -> None:
+        self.location = Location.of(path)
+        self.path = self.location.path or self.location.url  # a local Path, or the URL of a remote store
+        self.root = self.location.open_group(mode="r+")
         self.attrs: dict[str, Any] = dict(self.root.attrs)
         self.chunk_size: int = int(self.attrs["chunk_size"])
         self.n_images: int = int(self.attrs["n_images"])
@@ -82,20 +84,28 @@ class Store:
 
     # -- creation -------------------------------------------------------------------------------
     @classmethod
-    def create(cls, path: str | Path, manifest: Manifest, layers: dict[str, LayerInfo],
+    def create(cls, path: str | Path | Location, manifest: Manifest, layers: dict[str, LayerInfo],
                attrs: dict[str, Any], chunk_size: int, spatial: Iterable[str] = ()) -> "Store":
-        """Build the full layout in a temporary folder beside ``path``, then rename it into place."""
-        path = Path(path)
+        """Build the full layout in a temporary folder, then move it into place in one step.
+
+        Locally the folder sits beside ``path`` and is renamed; for a URL it is uploaded with the
+        root ``zarr.json`` last (see :meth:`Location.publish`).
+        """
+        location = Location.of(path)
         spatial = list(spatial)
         n = len(manifest)
         n_chunks = math.ceil(n / chunk_size)
-        for stale in path.parent.glob(f".{path.name}.*.partial"):  # left by a creation that was killed
-            shutil.rmtree(stale, ignore_errors=True)
-        try:
-            tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
-        except OSError as exc:  # read-only file system, /proc, permissions that os.access does not show
-            raise NeuroprobeError(f"cannot write {path}: cannot create files in {path.parent} ({_why(exc)}); "
-                                  "choose another --out") from exc
+        if location.remote:
+            tmp = Path(tempfile.mkdtemp(prefix="neuroprobe-store.", suffix=".partial"))
+        else:
+            path = location.path
+            for stale in path.parent.glob(f".{path.name}.*.partial"):  # left by a creation that was killed
+                shutil.rmtree(stale, ignore_errors=True)
+            try:
+                tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+            except OSError as exc:  # read-only file system, /proc, permissions that os.access does not show
+                raise NeuroprobeError(f"cannot write {path}: cannot create files in {path.parent} ({_why(exc)}); "
+                                      "choose another --out") from exc
         try:
             root = zarr.open_group(str(tmp), mode="w")
             root.attrs.update(attrs | {"chunk_size": chunk_size, "n_images": n, "layers": list(layers),
@@ -129,13 +139,17 @@ class Store:
                 warnings.simplefilter("ignore")
                 for group_path in ["", IMAGES, *layers]:
                     zarr.consolidate_metadata(str(tmp), path=group_path)
-            if path.exists():
-                shutil.rmtree(path)
-            os.replace(tmp, path)
+            if location.exists():
+                location.remove()
+            if location.remote:
+                location.publish(tmp)
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                os.replace(tmp, location.path)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        return cls(path)
+        return cls(location)
 
     # -- journal --------------------------------------------------------------------------------
     @property
@@ -183,30 +197,31 @@ def _why(exc: OSError) -> str:
 
 
 # -- public views -----------------------------------------------------------------------------------
-def _check_store(path: str | Path) -> Path:
-    path = Path(path)
-    if not (path / "zarr.json").exists():
-        raise NeuroprobeError(f"{path} is not a neuroprobe store (no zarr.json); create one with: python -m neuroprobe extract")
-    return path
+def _check_store(path: str | Path | Location) -> Location:
+    location = Location.of(path)
+    if not location.is_store():
+        raise NeuroprobeError(f"{location} is not a neuroprobe store (no zarr.json); create one with: "
+                              "python -m neuroprobe extract")
+    return location
 
 
 def open_layer(store: str | Path, layer: str):
     """The layer's statistics as an ``xarray.Dataset`` with dims ``image`` and ``unit`` (lazy)."""
     import xarray as xr
 
-    path = _check_store(store)
-    layers = zarr.open_group(str(path), mode="r").attrs.get("layers", [])
+    location = _check_store(store)
+    layers = location.open_group(mode="r").attrs.get("layers", [])
     if layer not in layers:
         from .errors import closest
-        raise NeuroprobeError(f"layer '{layer}' is not in {path}; stored layers: {closest(layer, layers)}")
-    return xr.open_zarr(str(path), group=layer, consolidated=True)
+        raise NeuroprobeError(f"layer '{layer}' is not in {location}; stored layers: {closest(layer, layers)}")
+    return xr.open_zarr(location.store(read_only=True), group=layer, consolidated=True)
 
 
 def read_images(store: str | Path) -> pd.DataFrame:
     """The image table (manifest columns + status + reason), row i = image i."""
     import xarray as xr
 
-    frame = xr.open_zarr(str(_check_store(store)), group=IMAGES, consolidated=True).to_dataframe()
+    frame = xr.open_zarr(_check_store(store).store(read_only=True), group=IMAGES, consolidated=True).to_dataframe()
     frame.index.name = "image"
     return frame
 
@@ -214,7 +229,7 @@ def read_images(store: str | Path) -> pd.DataFrame:
 def summary(store: str | Path) -> dict[str, Any]:
     """What a store holds and how complete it is (the ``info`` command)."""
     path = _check_store(store)
-    root = zarr.open_group(str(path), mode="r")
+    root = path.open_group(mode="r")
     attrs = dict(root.attrs)
     done = root[JOURNAL][:].astype(bool)
     status = root[f"{IMAGES}/status"][:]
@@ -248,7 +263,7 @@ def export_hdf5(store: str | Path, target: str | Path) -> Path:
     """Copy the store into one HDF5 file with the same groups, arrays and attributes (chunk by chunk)."""
     import h5py
 
-    source = zarr.open_group(str(_check_store(store)), mode="r")
+    source = _check_store(store).open_group(mode="r")
     target = Path(target)
     if not target.parent.exists():
         raise NeuroprobeError(f"cannot write {target}: folder {target.parent} does not exist")

@@ -5,15 +5,17 @@ single pass; :func:`selectivity`, :func:`top_images` and :func:`opponent` are th
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from ..store import read_images
 from .categories import category_membership, class_labels
+from .dask_scan import dask_client, scan_dask
 from .opponent import OpponentCollector
 from .scan import layer_names, scan
 from .selectivity import SelectivityCollector
@@ -28,11 +30,13 @@ def analyze(store: str | Path, category: str = "dog", *, layers: Sequence[str] |
             classes: str | None = "class_index", normalization: str = "minmax", eps: float = 1e-6,
             threshold: float = 0.65, permutations: int = 1000, seed: int = 0,
             criteria: Sequence[tuple[str, str]] = DEFAULT_CRITERIA, image_columns: bool = False,
-            parts: Sequence[str] = PARTS) -> dict[str, pd.DataFrame]:
+            parts: Sequence[str] = PARTS, scheduler: Any = None) -> dict[str, pd.DataFrame]:
     """Selectivity, top/bottom-K and opponent tables for ``layers`` of ``store`` in one pass per layer.
 
     See :mod:`neuroprobe.analysis.selectivity` for the indices and their normalization.
-    ``image_columns=True`` joins the image table's columns onto the top-K rows.
+    ``image_columns=True`` joins the image table's columns onto the top-K rows. ``scheduler``: a
+    ``distributed.Client`` or a scheduler address; the blocks are then read and reduced on its workers
+    (:mod:`neuroprobe.analysis.dask_scan`), with tables equal to the single-process ones.
     """
     unknown = set(parts) - set(PARTS)
     if unknown:
@@ -45,18 +49,28 @@ def analyze(store: str | Path, category: str = "dog", *, layers: Sequence[str] |
                     n, int(np.isfinite(membership).sum()))
     class_codes = class_labels(images, classes) if "selectivity" in parts and classes and classes in images else None
     frames: dict[str, list[pd.DataFrame]] = {part: [] for part in parts}
-    for layer in layer_names(store, layers):
-        collectors = {}
+
+    def make_collectors(layer: str) -> list:
+        made = []
         if "selectivity" in parts:
-            collectors["selectivity"] = SelectivityCollector(layer, stat, category, membership, class_codes,
-                                                             normalization, eps, threshold, permutations, seed)
+            made.append(SelectivityCollector(layer, stat, category, membership, class_codes, normalization, eps,
+                                             threshold, permutations, seed))
         if "topk" in parts:
-            collectors["topk"] = TopKCollector(layer, k, criteria)
+            made.append(TopKCollector(layer, k, criteria))
         if "opponent" in parts:
-            collectors["opponent"] = OpponentCollector(layer, category, membership, n)
-        scan(store, layer, list(collectors.values()))
-        for part, collector in collectors.items():
-            frames[part].append(collector.frame())
+            made.append(OpponentCollector(layer, category, membership, n))
+        return made
+
+    with contextlib.ExitStack() as stack:
+        client = stack.enter_context(dask_client(scheduler)) if scheduler is not None else None
+        for layer in layer_names(store, layers):
+            if client is None:
+                collectors = make_collectors(layer)
+                scan(store, layer, collectors)
+            else:
+                collectors = scan_dask(client, store, layer, lambda: make_collectors(layer))
+            for part, collector in zip([p for p in PARTS if p in parts], collectors, strict=True):
+                frames[part].append(collector.frame())
     out = {part: pd.concat(f, ignore_index=True) for part, f in frames.items()}
     if image_columns and "topk" in out:
         out["topk"] = out["topk"].join(images, on="image")

@@ -27,6 +27,12 @@ class OpponentCollector:
     def add(self, rows: np.ndarray, blocks: dict[str, np.ndarray], valid: np.ndarray) -> None:
         self.ranking.add(rows, blocks, valid)
 
+    def block(self, rows: np.ndarray, blocks: dict[str, np.ndarray], valid: np.ndarray, draw=None, into=None):
+        return self.ranking.block(rows, blocks, valid, into=into)
+
+    def merge(self, partial) -> None:
+        self.ranking.merge(partial)
+
     def frame(self) -> pd.DataFrame:
         counts = {}
         for side, criterion in (("positive", ("max", "top")), ("negative", ("min", "bottom"))):

@@ -1,9 +1,13 @@
-"""Streaming accumulators over image chunks: each has ``add(values, rows)`` and a result.
+"""Streaming accumulators over image chunks: each has ``add(values, rows)``, ``merge(other)`` and a result.
 
 ``values`` is one chunk of a layer statistic, float32 (n_images_in_chunk, units), and ``rows`` the
 store rows it covers. Memory depends on the number of units, never on the number of images.
+``a.add(block)`` equals ``a.merge(fresh.add(block))`` bit for bit, so a block's accumulator can be
+computed anywhere (a dask worker) and merged in block order into the same numbers.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -58,6 +62,11 @@ class RunningTopK:
         row, unit = (signed >= threshold).nonzero(as_tuple=True)
         self._merge(row, unit, signed[row, unit], rows_t, v.shape[1])
 
+    def merge(self, other: "RunningTopK") -> None:
+        """Keep the best k of both (keys hold the row, so the result does not depend on the merge order)."""
+        if other.keys is not None:
+            self._keep(other.keys if self.keys is None else torch.cat([self.keys, other.keys]))
+
     def _merge(self, row: torch.Tensor, unit: torch.Tensor, signed: torch.Tensor, rows: torch.Tensor,
                units: int) -> None:
         """Merge candidates (block row, unit, signed value) into the kept keys."""
@@ -69,7 +78,9 @@ class RunningTopK:
         position = torch.arange(unit.numel()) - (torch.cumsum(counts, 0) - counts)[unit]
         block = torch.full((max(int(counts.max()) if unit.numel() else 1, 1), units), PADDING, dtype=torch.int64)
         block[position, unit] = (_sortable(signed) << INDEX_BITS) | ((1 << INDEX_BITS) - 1 - rows[row])
-        keys = block if self.keys is None else torch.cat([self.keys, block])
+        self._keep(block if self.keys is None else torch.cat([self.keys, block]))
+
+    def _keep(self, keys: torch.Tensor) -> None:
         self.keys = torch.topk(keys, min(self.k, keys.shape[0]), dim=0).values
         if self.keys.shape[0] == self.k and bool((self.keys[-1] != PADDING).all()):
             self.kth = _unsortable(self.keys[-1] >> INDEX_BITS)
@@ -93,15 +104,22 @@ class UnitSums:
     def add(self, values: np.ndarray) -> None:
         if values.shape[0] == 0:
             return
-        low, high = values.min(0).astype(np.float64), values.max(0).astype(np.float64)
-        total = values.sum(0, dtype=np.float64)
-        positive = np.maximum(values, 0).sum(0, dtype=np.float64)
+        block = UnitSums()
+        block.low, block.high = values.min(0).astype(np.float64), values.max(0).astype(np.float64)
+        block.total = values.sum(0, dtype=np.float64)
+        block.positive = np.maximum(values, 0).sum(0, dtype=np.float64)
+        block.n = values.shape[0]
+        self.merge(block)
+
+    def merge(self, other: "UnitSums") -> None:
+        if other.total is None:
+            return
         if self.total is None:
-            self.low, self.high, self.total, self.positive = low, high, total, positive
+            self.low, self.high, self.total, self.positive = other.low, other.high, other.total, other.positive
         else:
-            self.low, self.high = np.minimum(self.low, low), np.maximum(self.high, high)
-            self.total, self.positive = self.total + total, self.positive + positive
-        self.n += values.shape[0]
+            self.low, self.high = np.minimum(self.low, other.low), np.maximum(self.high, other.high)
+            self.total, self.positive = self.total + other.total, self.positive + other.positive
+        self.n += other.n
 
 
 class GroupSums:
@@ -121,13 +139,42 @@ class GroupSums:
         v = torch.from_numpy(values).to(self.dtype)
         if self.positive:
             v = v.clamp(min=0)
-        sums = (v.T @ torch.from_numpy(membership).to(self.dtype)).double().numpy()
-        counts = membership.sum(0, dtype=np.float64)
+        block = GroupSums(self.positive, self.dtype == torch.float32)
+        block.sums = (v.T @ torch.from_numpy(membership).to(self.dtype)).double().numpy()
+        block.counts = membership.sum(0, dtype=np.float64)
+        self.merge(block)
+
+    def merge(self, other: "GroupSums") -> None:
+        if other.sums is None:
+            return
         if self.sums is None:
-            self.sums, self.counts = sums, counts
+            self.sums, self.counts = other.sums.copy(), other.counts.copy()
         else:
-            self.sums += sums
-            self.counts += counts
+            self.sums += other.sums
+            self.counts += other.counts
+
+
+@dataclass
+class PermutationDraw:
+    """One block's share of the permutations: how many members land in it per permutation (``take``)
+    and the generator state where its placement draws begin (None: an empty block draws nothing)."""
+
+    size: int
+    take: np.ndarray | None = None
+    state: dict | None = None
+
+    def membership(self, observed: np.ndarray, permutations: int) -> np.ndarray:
+        """(size, 1 + permutations) 0/1: the observed labels, then the block's rows of each permutation."""
+        out = np.zeros((self.size, 1 + permutations), dtype=np.float32)
+        out[:, 0] = observed
+        if self.state is None:
+            return out
+        rng = np.random.Generator(np.random.PCG64())
+        rng.bit_generator.state = self.state
+        order = np.argsort(rng.random((self.size, permutations)), axis=0)  # a random order per column
+        chosen = np.arange(self.size)[:, None] < self.take[None, :]          # its first `take` places
+        out[order[chosen], np.nonzero(chosen)[1] + 1] = 1
+        return out
 
 
 class ChunkedPermutation:
@@ -136,6 +183,8 @@ class ChunkedPermutation:
     A permutation of labels with ``n_members`` ones among ``n`` places the ones uniformly; chunk by
     chunk, how many land in the chunk is hypergeometric given what remains, and where they land is a
     uniform choice inside the chunk. Column 0 is the observed labelling, columns 1.. permutations.
+    Only the counts are sequential: :meth:`draw` skips the generator past a chunk's placement draws
+    (PCG64 jumps ahead), so the placements can be drawn later, anywhere, in any order.
     """
 
     def __init__(self, n: int, n_members: int, permutations: int, seed: int) -> None:
@@ -144,18 +193,28 @@ class ChunkedPermutation:
         self.left = n
         self.members_left = np.full(permutations, n_members, dtype=np.int64)
 
-    def membership(self, observed: np.ndarray) -> np.ndarray:
-        """(n_chunk, 1 + permutations) 0/1 for the next ``len(observed)`` labelled images."""
-        size = len(observed)
-        out = np.zeros((size, 1 + self.permutations), dtype=np.float32)
-        out[:, 0] = observed
+    def draw(self, size: int) -> PermutationDraw:
+        """The next chunk of ``size`` labelled images: its member counts and placement seed state."""
         if size == 0 or self.permutations == 0:
-            return out
+            return PermutationDraw(size)
         take = self.rng.hypergeometric(self.members_left, self.left - self.members_left, size) \
             if self.left > size else self.members_left.copy()
-        order = np.argsort(self.rng.random((size, self.permutations)), axis=0)  # a random order per column
-        chosen = np.arange(size)[:, None] < take[None, :]                        # its first `take` places
-        out[order[chosen], np.nonzero(chosen)[1] + 1] = 1
+        draw = PermutationDraw(size, take, self.rng.bit_generator.state)
+        _skip_doubles(self.rng.bit_generator, size * self.permutations)
         self.members_left -= take
         self.left -= size
-        return out
+        return draw
+
+    def membership(self, observed: np.ndarray) -> np.ndarray:
+        """(n_chunk, 1 + permutations) 0/1 for the next ``len(observed)`` labelled images."""
+        return self.draw(len(observed)).membership(observed, self.permutations)
+
+
+def _skip_doubles(bit_generator: np.random.PCG64, n: int) -> None:
+    """Advance as ``random(n)`` would: one 64-bit output per double, the buffered 32-bit half untouched
+    (``advance`` alone clears that buffer, which a later small-range draw would have used)."""
+    before = bit_generator.state
+    bit_generator.advance(n)
+    after = bit_generator.state
+    after["has_uint32"], after["uinteger"] = before["has_uint32"], before["uinteger"]
+    bit_generator.state = after

@@ -5,11 +5,11 @@ from pathlib import Path
 from typing import Callable, Iterator, Protocol, Sequence
 
 import numpy as np
-import zarr
-
 from ..errors import NeuroprobeError, closest
+from ..location import open_group
 
 READ_BYTES = 16 << 20  # per statistic and read: one or a few store chunks at a time
+GROUP_BLOCKS = 8       # blocks summed together before their sums join the total: one dask task's share
 
 
 class Collector(Protocol):
@@ -19,35 +19,52 @@ class Collector(Protocol):
 
     def add(self, rows: np.ndarray, blocks: dict[str, np.ndarray], valid: np.ndarray) -> None: ...
 
+    def block(self, rows: np.ndarray, blocks: dict[str, np.ndarray], valid: np.ndarray, draw=None, into=None): ...
+
+    def merge(self, partial) -> None: ...
+
 
 def layer_names(store: str | Path, layers: Sequence[str] | None = None) -> list[str]:
     """The requested layers (all stored ones by default), checked against the store."""
-    stored = list(zarr.open_group(str(store), mode="r").attrs["layers"])
+    stored = list(open_group(store).attrs["layers"])
     for layer in layers or []:
         if layer not in stored:
             raise NeuroprobeError(f"layer '{layer}' is not in {store}; stored layers: {closest(layer, stored)}")
     return list(layers) if layers else stored
 
 
-def read_blocks(store: str | Path, layer: str, stats: Sequence[str]) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
-    """(rows, {stat: float32 (n, units)}) for consecutive blocks of whole store chunks."""
-    group = zarr.open_group(str(store), mode="r")[layer]
-    arrays = {stat: group[stat] for stat in stats}
-    first = next(iter(arrays.values()))
+def needed_stats(collectors: Sequence[Collector]) -> list[str]:
+    """The statistics to read, in a fixed order (the first one decides which rows are valid)."""
+    return list(dict.fromkeys(s for c in collectors for s in c.stats))
+
+
+def block_ranges(store: str | Path, layer: str) -> list[tuple[int, int]]:
+    """[lo, hi) row ranges of whole store chunks, about READ_BYTES per statistic each (the same for
+    every path through the store: the blocks and their groups fix the order of every float sum)."""
+    first = open_group(store)[layer]["mean"]
     n, units = first.shape
     chunk = first.chunks[0]
     step = chunk * max(1, READ_BYTES // max(chunk * units * 4, 1))
-    for lo in range(0, n, step):
-        hi = min(lo + step, n)
-        yield np.arange(lo, hi), {stat: array[lo:hi] for stat, array in arrays.items()}
+    return [(lo, min(lo + step, n)) for lo in range(0, n, step)]
+
+
+def read_block(group, stats: Sequence[str], lo: int, hi: int) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+    """(rows, {stat: float32 (n, units)}, valid): rows whose values are NaN (unreadable images) are not valid."""
+    blocks = {stat: group[stat][lo:hi] for stat in stats}
+    return np.arange(lo, hi), blocks, np.isfinite(blocks[stats[0]][:, 0])
+
+
+def read_blocks(store: str | Path, layer: str, stats: Sequence[str]) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]]:
+    """:func:`read_block` for consecutive blocks of whole store chunks."""
+    group = open_group(store)[layer]
+    for lo, hi in block_ranges(store, layer):
+        yield read_block(group, stats, lo, hi)
 
 
 def scan(store: str | Path, layer: str, collectors: Sequence[Collector],
          progress: Callable[[int], None] | None = None) -> None:
     """Read each statistic the collectors need once, in blocks; rows that are NaN are marked invalid."""
-    stats = list(dict.fromkeys(s for c in collectors for s in c.stats))
-    for rows, blocks in read_blocks(store, layer, stats):
-        valid = np.isfinite(next(iter(blocks.values()))[:, 0])
+    for rows, blocks, valid in read_blocks(store, layer, needed_stats(collectors)):
         for collector in collectors:
             collector.add(rows, blocks, valid)
         if progress:

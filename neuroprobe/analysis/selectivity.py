@@ -16,11 +16,14 @@ column names the preferred class. p-values come from a label-permutation null on
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 import torch
 
-from .running import ChunkedPermutation, GroupSums, UnitSums
+from .running import ChunkedPermutation, GroupSums, PermutationDraw, UnitSums
+from .scan import GROUP_BLOCKS
 
 NORMALIZATIONS = ("minmax", "rectify")
 
@@ -42,6 +45,11 @@ class ClassSums:
         self.sums = block.double() if self.sums is None else self.sums.add_(block)
         self.counts += np.bincount(codes, minlength=self.n_classes)
 
+    def merge(self, other: "ClassSums") -> None:
+        if other.sums is not None:
+            self.sums = other.sums.clone() if self.sums is None else self.sums.add_(other.sums)
+        self.counts += other.counts
+
 
 class CategorySums:
     """Per unit: sum (of max(value, 0) when ``positive``) over category images, and their count."""
@@ -58,6 +66,33 @@ class CategorySums:
         self.sums = self.sums + chosen.sum(0, dtype=np.float64)
         self.count += chosen.shape[0]
 
+    def merge(self, other: "CategorySums") -> None:
+        self.sums = self.sums + other.sums
+        self.count += other.count
+
+
+@dataclass
+class SelectivityPartial:
+    """Sums over consecutive blocks (see :meth:`SelectivityCollector.block`); ``kept`` = images each analysed."""
+
+    units: UnitSums
+    in_category: CategorySums
+    null: GroupSums | None
+    class_sums: ClassSums | None
+    kept: list[int]
+
+    def merge(self, other: "SelectivityPartial") -> None:
+        """Add the next blocks' sums (in block order: float sums depend on it)."""
+        self.units.merge(other.units)
+        self.in_category.merge(other.in_category)
+        if self.null is not None and other.null is not None:
+            self.null.merge(other.null)
+        else:  # a block drawn for another number of images: no null here (the dask pass draws again)
+            self.null = None
+        if self.class_sums is not None:
+            self.class_sums.merge(other.class_sums)
+        self.kept = self.kept + other.kept
+
 
 class SelectivityCollector:
     """Accumulates one layer's selectivity statistics in a single pass over one statistic."""
@@ -71,27 +106,79 @@ class SelectivityCollector:
         self.stats = (stat,)
         self.membership, self.classes = membership, classes
         self.normalization, self.eps, self.threshold = normalization, eps, threshold
+        self.permutations, self.seed = permutations, seed
         self.analysed = np.isfinite(membership)
-        positive = normalization == "rectify"
+        self.positive = normalization == "rectify"
         self.units = UnitSums()
-        self.in_category = CategorySums(positive)
-        self.null = GroupSums(positive, float32=True) if permutations else None
-        self.permuter = ChunkedPermutation(int(self.analysed.sum()), int(np.nansum(membership)), permutations,
-                                           seed) if permutations else None
-        self.class_sums = ClassSums(len(classes[1]), positive) if classes is not None else None
+        self.in_category = CategorySums(self.positive)
+        self.null = GroupSums(self.positive, float32=True) if permutations else None
+        self.permuter = self._permuter()
+        self.class_sums = ClassSums(len(classes[1]), self.positive) if classes is not None else None
+        self.group: SelectivityPartial | None = None  # the blocks since the last GROUP_BLOCKS boundary
+
+    def _permuter(self) -> ChunkedPermutation | None:
+        if not self.permutations:
+            return None
+        return ChunkedPermutation(int(self.analysed.sum()), int(np.nansum(self.membership)), self.permutations,
+                                  self.seed)
+
+    def kept(self, rows: np.ndarray, valid: np.ndarray | None = None) -> int:
+        """Images of ``rows`` the indices use: labelled, readable (and, given ``valid``, finite)."""
+        keep = self.analysed[rows]
+        return int((keep if valid is None else keep & valid).sum())
+
+    def draws(self, kept: list[int]) -> list[PermutationDraw | None]:
+        """The permutation draws of consecutive blocks that keep ``kept`` images each (sequential, cheap)."""
+        permuter = self._permuter()
+        return [permuter.draw(k) if permuter else None for k in kept]
 
     def add(self, rows: np.ndarray, blocks: dict[str, np.ndarray], valid: np.ndarray) -> None:
+        """Blocks are summed in groups of GROUP_BLOCKS, then the group into the total (as a dask task does)."""
+        draw = self.permuter.draw(self.kept(rows, valid)) if self.permuter else None
+        self.group = self.block(rows, blocks, valid, draw, into=self.group)
+        if len(self.group.kept) == GROUP_BLOCKS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.group is not None:
+            self.merge(self.group)
+            self.group = None
+
+    def block(self, rows: np.ndarray, blocks: dict[str, np.ndarray], valid: np.ndarray,
+              draw: PermutationDraw | None = None, into: SelectivityPartial | None = None) -> SelectivityPartial:
+        """The sums of ``into``'s blocks followed by this one, without touching this collector (runs on a
+        dask worker as well)."""
         values = blocks[self.stat]
         keep = self.analysed[rows] & valid
         chosen, member = values[keep], self.membership[rows][keep]
-        self.units.add(chosen)
-        self.in_category.add(chosen, member)
-        if self.null is not None:
-            self.null.add(chosen, self.permuter.membership(member))
-        if self.class_sums is not None:
+        units, in_category = UnitSums(), CategorySums(self.positive)
+        units.add(chosen)
+        in_category.add(chosen, member)
+        null = class_sums = None
+        if self.permutations and draw is not None and draw.size == len(chosen):
+            null = GroupSums(self.positive, float32=True)
+            null.add(chosen, draw.membership(member, self.permutations))
+        if self.classes is not None:
+            class_sums = ClassSums(len(self.classes[1]), self.positive)
             codes = self.classes[0][rows]
             labelled = valid & (codes >= 0)
-            self.class_sums.add(values[labelled], codes[labelled])
+            class_sums.add(values[labelled], codes[labelled])
+        partial = SelectivityPartial(units, in_category, null, class_sums, [len(chosen)])
+        if into is None:
+            return partial
+        into.merge(partial)
+        return into
+
+    def merge(self, partial: SelectivityPartial) -> None:
+        """Fold one group's sums into the total (in group order: float sums depend on it)."""
+        self.units.merge(partial.units)
+        self.in_category.merge(partial.in_category)
+        if self.null is not None:
+            if partial.null is None:
+                raise ValueError("a block was drawn for another number of images; redraw with the kept counts")
+            self.null.merge(partial.null)
+        if self.class_sums is not None:
+            self.class_sums.merge(partial.class_sums)
 
     def _normalize(self, sums: np.ndarray, counts: np.ndarray | float) -> np.ndarray:
         """Sum of normalized values from raw (or rectified) sums over ``counts`` images."""
@@ -102,6 +189,7 @@ class SelectivityCollector:
             return sums / np.where(u.high > 0, u.high, np.nan)
 
     def frame(self) -> pd.DataFrame:
+        self.flush()
         u, eps = self.units, self.eps
         n, n_cat = u.n, float(self.in_category.count)
         total = self._normalize(u.positive if self.normalization == "rectify" else u.total, n)

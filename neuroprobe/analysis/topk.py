@@ -33,6 +33,21 @@ class TopKCollector:
         for (stat, _direction), running in self.running.items():
             running.add(blocks[stat][keep], rows[keep])
 
+    def block(self, rows: np.ndarray, blocks: dict[str, np.ndarray], valid: np.ndarray, draw=None,
+              into: dict[tuple[str, str], RunningTopK] | None = None) -> dict[tuple[str, str], RunningTopK]:
+        """The top/bottom-K per criterion of ``into``'s blocks and this one, without touching this
+        collector (dask workers: streamed, so later blocks of a group are compared with the k-th kept)."""
+        partial = TopKCollector(self.layer, self.k, self.criteria, self.eligible)
+        if into is not None:
+            partial.running = into
+        partial.add(rows, blocks, valid)
+        return partial.running
+
+    def merge(self, partial: dict[tuple[str, str], RunningTopK]) -> None:
+        """Fold a block's top/bottom-K in: exact in any order (ties go to the earlier image all the same)."""
+        for criterion, running in partial.items():
+            self.running[criterion].merge(running)
+
     def result(self, stat: str, direction: str) -> tuple[np.ndarray, np.ndarray]:
         return self.running[(stat, direction)].result()
 

@@ -6,10 +6,9 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-import zarr
-
 from ..data import Manifest
 from ..errors import NeuroprobeError
+from ..location import open_group
 from ..models import LoadedModel, Preprocessing, load_model
 from ..reduce import STATS
 from ..store import read_images
@@ -21,7 +20,7 @@ def model_of(store: str | Path) -> LoadedModel:
     Extraction stores keep provenance and preprocessing at the top of their attributes; map stores
     (occlusion, saliency, likelihood) inside their settings, where they are read from as well.
     """
-    attrs = dict(zarr.open_group(str(store), mode="r").attrs)
+    attrs = dict(open_group(store).attrs)
     if "provenance" not in attrs:
         settings = [v for v in attrs.values() if isinstance(v, dict) and "provenance" in v]
         if not settings:
@@ -50,7 +49,7 @@ def verify(store: str | Path, topk: pd.DataFrame, *, model: LoadedModel | None =
     Tolerances default to what float32 runs on different batch sizes or devices leave; a store made
     under ``--amp`` is recomputed under the same autocast.
     """
-    attrs = dict(zarr.open_group(str(store), mode="r").attrs)
+    attrs = dict(open_group(store).attrs)
     model = model or model_of(store)
     images = read_images(store)
     wanted = np.unique(topk["image"].to_numpy())

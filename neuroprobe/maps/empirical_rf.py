@@ -142,11 +142,10 @@ def top_k_images(model: LoadedModel, images: torch.Tensor, layer: str, k: int = 
 def receptive_fields_from_store(store: str | Path, layer: str, *, k: int = 10, units: Sequence[int] | None = None,
                                 model: LoadedModel | None = None, **options) -> EmpiricalReceptiveFields:
     """Empirical RFs of a store's units from their top-K images by spatial maximum (the store's ``max``)."""
-    import zarr
-
     from ..analysis import top_images
     from ..analysis.verify import model_of
     from ..data import ImageDataset, Manifest
+    from ..location import open_group
     from ..store import read_images
 
     model = model or model_of(store)
@@ -157,7 +156,7 @@ def receptive_fields_from_store(store: str | Path, layer: str, *, k: int = 10, u
         raise NeuroprobeError(f"no top images for layer '{layer}' (units {units}); check --units and the store")
     table = read_images(store)
     rows = np.unique(top["image"].to_numpy())
-    root = Path(zarr.open_group(str(store), mode="r").attrs["data_root"])
+    root = Path(open_group(store).attrs["data_root"])
     dataset = ImageDataset(Manifest(table.iloc[rows][["path"]].reset_index(drop=True), root), model.preprocessing)
     loaded = [dataset[i] for i in range(len(rows))]
     bad = [table["path"].iat[rows[i]] for i, item in enumerate(loaded) if not item[2]]

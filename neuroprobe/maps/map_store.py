@@ -17,6 +17,7 @@ import zarr
 
 from ..data import Manifest
 from ..errors import NeuroprobeError
+from ..location import Location
 
 
 @dataclass(frozen=True)
@@ -34,13 +35,15 @@ def as_json(value):
     return json.loads(json.dumps(value, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
 
 
-def open_map_store(out: Path, kind: str, settings: dict, manifest: Manifest, arrays: dict[str, ArraySpec],
-                   overwrite: bool, rows_per_chunk: int = 1) -> zarr.Group:
-    """Reopen ``out`` when it was made with the same settings, else create it (``overwrite`` replaces)."""
+def open_map_store(out: str | Path | Location, kind: str, settings: dict, manifest: Manifest,
+                   arrays: dict[str, ArraySpec], overwrite: bool, rows_per_chunk: int = 1) -> zarr.Group:
+    """Reopen ``out`` (a folder or an fsspec URL) when it was made with the same settings, else create it
+    (``overwrite`` replaces)."""
     settings = as_json(settings)
+    out = Location.of(out)
     if out.exists() and not overwrite:
         try:
-            group = zarr.open_group(str(out), mode="r+")
+            group = out.open_group(mode="r+")
             same = group.attrs.get(kind) == settings
         except Exception as exc:  # noqa: BLE001 - anything unreadable is "not ours"
             raise NeuroprobeError(f"{out} exists and is not a neuroprobe {kind} store ({exc}); choose another --out") from exc
@@ -49,7 +52,7 @@ def open_map_store(out: Path, kind: str, settings: dict, manifest: Manifest, arr
                                   "another --out")
         return group
     try:
-        group = zarr.open_group(str(out), mode="w")
+        group = out.open_group(mode="w")
     except OSError as exc:
         raise NeuroprobeError(f"cannot write {out} ({exc.strerror}); choose a writable --out") from exc
     group.attrs[kind] = settings
@@ -76,9 +79,9 @@ def mark_done(group: zarr.Group, rows, ok, reasons) -> None:
     group["done"].oindex[rows] = True
 
 
-def consolidate(out: Path) -> None:
+def consolidate(out: str | Path | Location) -> None:
     """Consolidated metadata, so that xarray opens the store with one read (zarr warns that the v3
     spec does not define it yet; xarray reads it all the same)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        zarr.consolidate_metadata(str(out))
+        zarr.consolidate_metadata(Location.of(out).store(read_only=False))

@@ -17,6 +17,7 @@ import torch
 from ..capture import probe
 from ..data import ImageDataset, Manifest, read_manifest
 from ..errors import NeuroprobeError
+from ..location import Location
 from ..device import resolve_device
 from ..models import LoadedModel, load_model
 from .map_store import ArraySpec, consolidate, as_json, mark_done, open_map_store
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 def occlude(model: str | LoadedModel, data: str | Path | Manifest, layer: str, out: str | Path, *,
             weights: str | None = None, units: Sequence[int] | None = None, window: int = 11, stride: int = 3,
             fill: str = "noise", response: str = "peak", absolute: bool = False, rf_only: bool = False,
-            device: str | None = None, overwrite: bool = False, seed: int = 0, **options) -> Path:
+            device: str | None = None, overwrite: bool = False, seed: int = 0, **options) -> Path | str:
     """Discrepancy maps of ``units`` of ``layer`` for every image of ``data``, into the store ``out``."""
     loaded = model if isinstance(model, LoadedModel) else load_model(model, weights)
     manifest = data if isinstance(data, Manifest) else read_manifest(data)
@@ -47,7 +48,7 @@ def occlude(model: str | LoadedModel, data: str | Path | Manifest, layer: str, o
     arrays = {"discrepancy": ArraySpec((len(unit_list), ny, nx), ("unit", "y", "x")),
               "reference": ArraySpec((len(unit_list),), ("unit",)),
               "peak_px": ArraySpec((len(unit_list), 2), ("unit", "axis"))}
-    group = open_map_store(Path(out), "occlusion", settings, manifest, arrays, overwrite)
+    group = open_map_store(out, "occlusion", settings, manifest, arrays, overwrite)
     if "units" not in group["discrepancy"].attrs:
         group["discrepancy"].attrs["units"] = unit_list
     done = group["done"]
@@ -68,5 +69,5 @@ def occlude(model: str | LoadedModel, data: str | Path | Manifest, layer: str, o
         mark_done(group, [row], [ok], [reason])
         log.info("image %d/%d (%s)%s", count, len(pending), manifest.table["path"].iat[row],
                  "" if ok else f": skipped, {reason}")
-    consolidate(Path(out))
-    return Path(out)
+    consolidate(out)
+    return Location.of(out).path or str(out)

@@ -18,6 +18,7 @@ import zarr
 from ..capture import Capture
 from ..data import ImageDataset, Manifest, read_manifest
 from ..errors import NeuroprobeError
+from ..location import Location
 from ..device import resolve_device
 from ..models import LoadedModel, load_model
 from .map_store import ArraySpec, consolidate, mark_done, open_map_store
@@ -57,7 +58,7 @@ def target_column(manifest: Manifest, target: str | None, classes: int) -> np.nd
 
 def saliency(model: str | LoadedModel, data: str | Path | Manifest, out: str | Path, method: str = "gradcam", *,
              weights: str | None = None, layer: str | None = None, target: str | None = None, batch_size: int = 16,
-             device: str | None = None, raw: bool = False, overwrite: bool = False, **options) -> Path:
+             device: str | None = None, raw: bool = False, overwrite: bool = False, **options) -> Path | str:
     """Maps of ``method`` for every image of ``data`` (target: a class-index column or the prediction)."""
     (method,) = check_methods([method])
     loaded = model if isinstance(model, LoadedModel) else load_model(model, weights)
@@ -81,7 +82,7 @@ def saliency(model: str | LoadedModel, data: str | Path | Manifest, out: str | P
     settings = {"model": loaded.name, "provenance": loaded.provenance, "method": method, "layer": layer,
                 "target": "prediction" if columns is None else (target or DEFAULT_TARGET_COLUMN),
                 "options": options, "raw": raw, "image_size": crop, "data": manifest.fingerprint()}
-    group = open_map_store(Path(out), "saliency", settings, manifest, arrays, overwrite, rows_per_chunk=batch_size)
+    group = open_map_store(out, "saliency", settings, manifest, arrays, overwrite, rows_per_chunk=batch_size)
     pending = np.flatnonzero(~group["done"][:])
     log.info("%s maps: %d of %d images to do", method, len(pending), len(manifest))
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ImageDataset(manifest, loaded.preprocessing), pending),
@@ -95,8 +96,8 @@ def saliency(model: str | LoadedModel, data: str | Path | Manifest, out: str | P
         mark_done(group, rows, ok, reasons)
         finished += len(rows)
         log.info("%d/%d images", finished, len(pending))
-    consolidate(Path(out))
-    return Path(out)
+    consolidate(out)
+    return Location.of(out).path or str(out)
 
 
 def _write(group: zarr.Group, rows: np.ndarray, module, x: torch.Tensor, columns, method: str, layer, raw: bool,

@@ -26,12 +26,11 @@ def spectrum_manifest(spectrum_images: str | Path | None, store: str | Path | No
     if spectrum_images is not None:
         return read_manifest(spectrum_images)
     if store is not None:
-        import zarr
-
+        from ..location import open_group
         from ..store import read_images
 
         table = read_images(store)
-        return Manifest(table[["path"]].reset_index(drop=True), Path(zarr.open_group(str(store), mode="r").attrs["data_root"]))
+        return Manifest(table[["path"]].reset_index(drop=True), Path(open_group(store).attrs["data_root"]))
     if EMBEDDED_SAMPLE.exists():
         return read_manifest(EMBEDDED_SAMPLE)
     raise NeuroprobeError("MACO needs natural images for its spectrum: pass --spectrum-images DATA (or --store)")

@@ -123,9 +123,9 @@ def natural_extremes(store: str | Path, layer: str, units: Sequence[int], direct
 
 def _check_same_model(store: str | Path, loaded: LoadedModel) -> None:
     """Fractions of the strongest photo only mean something for the store's own model and weights."""
-    import zarr
+    from ..location import open_group
 
-    provenance = dict(zarr.open_group(str(store), mode="r").attrs).get("provenance", {})
+    provenance = dict(open_group(store).attrs).get("provenance", {})
     ours = loaded.provenance
     key = "model" if provenance.get("model") != ours.get("model") else (
         "weights_sha256" if provenance.get("weights_sha256") or ours.get("weights_sha256") else "weights")
