@@ -1,6 +1,7 @@
 """One pass over a layer's statistics, block by block, feeding every collector that needs them."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Callable, Iterator, Protocol, Sequence
 
@@ -29,15 +30,19 @@ def layer_names(store: str | Path, layers: Sequence[str] | None = None) -> list[
     return list(layers) if layers else stored
 
 
-def read_blocks(store: str | Path, layer: str, stats: Sequence[str]) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
-    """(rows, {stat: float32 (n, units)}) for consecutive blocks of whole store chunks."""
+def read_blocks(store: str | Path, layer: str, stats: Sequence[str],
+                step: int | None = None, start: int = 0) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """(rows, {stat: (n, units, ...)}) for consecutive blocks of whole store chunks (``stats`` may name
+    ``spatial`` too); ``step``: rows per block, to read several layers in lockstep (default: ~READ_BYTES);
+    ``start``: first row (a multiple of the chunk size)."""
     group = zarr.open_group(str(store), mode="r")[layer]
     arrays = {stat: group[stat] for stat in stats}
     first = next(iter(arrays.values()))
-    n, units = first.shape
+    n, row_bytes = first.shape[0], math.prod(first.shape[1:]) * first.dtype.itemsize
     chunk = first.chunks[0]
-    step = chunk * max(1, READ_BYTES // max(chunk * units * 4, 1))
-    for lo in range(0, n, step):
+    if step is None:
+        step = chunk * max(1, READ_BYTES // max(chunk * row_bytes, 1))
+    for lo in range(start, n, step):
         hi = min(lo + step, n)
         yield np.arange(lo, hi), {stat: array[lo:hi] for stat, array in arrays.items()}
 
