@@ -150,6 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=9, help="top-K and bottom-K images per unit (default: %(default)s)")
     p.add_argument("--n", type=int, default=50, help="strongest responses per side for the opponent counts "
                                                      "(default: %(default)s)")
+    p.add_argument("--rdm-by", default=None, metavar="COLUMN",
+                   help="also rdm_<layer>.csv/.png: the RDM of the category means of this image-table column")
+    p.add_argument("--rdm-method", default="correlation", choices=["correlation", "euclidean"],
+                   help="RDM dissimilarity, as rsatoolbox defines it (default: %(default)s)")
     p.add_argument("--out", required=True, help="folder for the CSV tables and PNG figures")
 
     p = sub.add_parser("occlude", help="occlusion discrepancy maps of a layer's units for every image",
@@ -345,7 +349,8 @@ def _report(args) -> int:
 
     summary = report(args.store, args.out, args.category, layers=args.layers, stat=args.stat, k=args.k, n=args.n,
                      threshold=args.threshold, permutations=args.permutations, seed=args.seed,
-                     column=args.category_column, mapping=args.category_map, normalization=args.normalization)
+                     column=args.category_column, mapping=args.category_map, normalization=args.normalization,
+                     rdm_by=args.rdm_by, rdm_method=args.rdm_method)
     print(f"{args.category}-selective units (Malakhova index on {args.stat}, {args.normalization} normalized, "
           f">= {args.threshold:g}):")
     for row in summary.itertuples():

@@ -91,3 +91,19 @@ def test_mistakes(store):
         options = {"layer": "fc"} | options
         with pytest.raises(NeuroprobeError, match=words):
             rdm(path, **options)
+
+
+def test_figure_orders_images_by_category(store):
+    import matplotlib.pyplot as plt
+
+    from neuroprobe.plots import rdm_figure
+
+    path, table, _, _, failed = store
+    result = rdm(path, "conv")
+    fig = rdm_figure(result, "class_name")
+    shown = fig.axes[0].images[0].get_array()
+    names = table.class_name[~failed].to_numpy()
+    order = np.argsort(names, kind="stable")
+    np.testing.assert_allclose(shown, result.values[np.ix_(order, order)])
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == sorted(set(names))
+    plt.close(fig)
