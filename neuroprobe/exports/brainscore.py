@@ -82,8 +82,7 @@ def export_brainscore(store: str | Path, target: str | Path, *, layers: Sequence
                          "neuroid_index": " ".join(NEUROID_INDEX),
                          "provenance": root.attrs.get("provenance", {}),
                          "source_store": str(Path(store).resolve())})
-        offsets = np.cumsum([0] + [int((neuroids["layer"] == layer).sum()) for layer, _ in parts])
         for lo, hi, blocks in lockstep(store, parts, keep):
             data[lo:hi] = np.concatenate(blocks, axis=1) if len(blocks) > 1 else blocks[0]
-        log.info("assembly: %d presentations x %d neuroids (%s)", len(table), offsets[-1], values)
+        log.info("assembly: %d presentations x %d neuroids (%s)", len(table), len(neuroids), values)
     return target
