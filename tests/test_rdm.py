@@ -91,6 +91,9 @@ def test_mistakes(store):
         options = {"layer": "fc"} | options
         with pytest.raises(NeuroprobeError, match=words):
             rdm(path, **options)
+    with pytest.raises(NeuroprobeError, match="not an RDM"):  # never replaces what it did not write
+        rdm(path, "fc", out=path)
+    assert (path / "fc" / "mean").exists()
 
 
 def test_figure_orders_images_by_category(store):

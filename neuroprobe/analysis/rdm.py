@@ -183,7 +183,9 @@ def _zarr_target(out: str | Path, n: int, conditions: pd.DataFrame, store) -> za
     """A fresh Zarr group at ``out``: ``dissimilarity`` (n, n) float32 and the condition coordinates."""
     out = Path(out)
     if out.exists():
-        shutil.rmtree(out)
+        if not (out / "dissimilarity" / "zarr.json").exists():
+            raise NeuroprobeError(f"{out} exists and is not an RDM written by rdm(); choose another out")
+        shutil.rmtree(out)  # an earlier RDM: replaced
     group = zarr.open_group(str(out), mode="w")
     chunk = int(zarr.open_group(str(store), mode="r").attrs["chunk_size"])
     array = group.create_array("dissimilarity", shape=(n, n), chunks=(min(n, chunk), min(n, chunk)),
