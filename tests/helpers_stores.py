@@ -14,9 +14,11 @@ STATS = ("min", "mean", "max", "area")
 
 
 def make_store(path: Path, table: pd.DataFrame, layers: dict[str, dict[str, np.ndarray]], chunk: int = 7,
-               failed: np.ndarray | None = None, spatial: dict[str, np.ndarray] | None = None) -> Path:
+               failed: np.ndarray | None = None, spatial: dict[str, np.ndarray] | None = None,
+               chunks: list[int] | None = None) -> Path:
     """A store of ``layers`` ({name: {stat: (n, units)}}) and float16 ``spatial`` maps ({name: (n, units, y, x)});
-    ``failed`` rows are written as unreadable (NaN, status "error")."""
+    ``failed`` rows are written as unreadable (NaN, status "error"); only ``chunks`` when given (the rest
+    not extracted yet)."""
     spatial = spatial or {}
     n = len(table)
     infos = {name: LayerInfo(name, "Synthetic", tuple(spatial[name].shape[1:]) if name in spatial
@@ -25,7 +27,7 @@ def make_store(path: Path, table: pd.DataFrame, layers: dict[str, dict[str, np.n
     store = Store.create(path, Manifest(table, path.parent), infos, {"provenance": {"model": "synthetic"}}, chunk,
                          spatial=list(spatial))
     ok = np.ones(n, bool) if failed is None else ~failed
-    for c in range(store.n_chunks):
+    for c in range(store.n_chunks) if chunks is None else chunks:
         rows = store.chunk_rows(c)
         sl = slice(rows.start, rows.stop)
         stats = {name: np.stack([v[s][sl] for s in STATS]).astype(np.float32).copy() for name, v in layers.items()}
@@ -34,7 +36,8 @@ def make_store(path: Path, table: pd.DataFrame, layers: dict[str, dict[str, np.n
     return path
 
 
-def synthetic(path: Path, n: int = 40, seed: int = 0, chunk: int = 7) -> tuple[Path, pd.DataFrame, dict, dict, np.ndarray]:
+def synthetic(path: Path, n: int = 40, seed: int = 0, chunk: int = 7,
+              chunks: list[int] | None = None) -> tuple[Path, pd.DataFrame, dict, dict, np.ndarray]:
     """A store with a spatial layer ``conv`` (5 units, 3x4 maps) and a pooled layer ``fc`` (6 units); 4 rows
     unreadable; image table: path (stems unique), class_name, class_index, a bool column."""
     rng = np.random.default_rng(seed)
@@ -59,5 +62,5 @@ def synthetic(path: Path, n: int = 40, seed: int = 0, chunk: int = 7) -> tuple[P
             v[failed] = np.nan
         values[name] = stats
     maps[failed] = np.nan
-    make_store(path, table, values, chunk=chunk, failed=failed, spatial={"conv": maps})
+    make_store(path, table, values, chunk=chunk, failed=failed, spatial={"conv": maps}, chunks=chunks)
     return path, table, values, {"conv": maps}, failed

@@ -140,3 +140,15 @@ def test_target_in_missing_folder(store, capsys):
     folder, path, *_ = store
     assert main(["export", str(path), str(folder / "nowhere" / "a.nc"), "--to", "netcdf"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_rows_not_extracted_yet_are_left_out_like_unreadable_ones(tmp_path, caplog):
+    """A store whose chunk 1 (rows 7-13) was never written: every export and the RDM skip those rows alike."""
+    path, table, values, _, failed = synthetic(tmp_path / "partial.zarr", chunks=[0, 2, 3, 4, 5])
+    kept = ~failed
+    kept[7:14] = False
+    assembly = xr.open_dataarray(export(path, tmp_path / "a.nc", "brainscore", spatial=False))
+    np.testing.assert_array_equal(assembly.image.values, np.flatnonzero(kept))
+    np.testing.assert_array_equal(assembly.values, np.hstack([values["conv"]["mean"], values["fc"]["mean"]])[kept])
+    assert "leaving out 2 unreadable and 7 not yet extracted images (of 40)" in caplog.text
+    np.testing.assert_array_equal(rdm(path, "fc")["image"].values, np.flatnonzero(kept))
