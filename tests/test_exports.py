@@ -98,6 +98,7 @@ def test_rsatoolbox_dataset_loads_without_neuroprobe(store):
     assert names.split() == list(table.class_name[ok])
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered in cast:RuntimeWarning")  # inside rsatoolbox's calc_rdm
 def test_rsatoolbox_descriptors(store):
     import rsatoolbox
 
