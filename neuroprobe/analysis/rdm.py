@@ -8,17 +8,16 @@ For patterns x_i (a row of ``stat`` over the layer's d units: one image, or the 
 
 Images whose status is not "ok" (unreadable: NaN rows) are left out; with ``by``, so are images with
 an empty label. Each pair of row blocks is one float64 matrix product written as a tile, so memory
-is bounded by ``memory`` (a cache of prepared blocks) plus one tile, not by the number of images; the
-result (n x n) is held in memory up to ``max_bytes`` and written to a Zarr array on disk (``out``)
-beyond that.
+is bounded by ``memory`` (a cache of prepared blocks) plus one tile, not by the number of images. The
+result (n x n) is returned in memory up to ``max_bytes``; beyond that, ``out`` writes it to a Zarr
+array on disk (float32) and it is returned lazily.
 """
 from __future__ import annotations
 
 import logging
-import math
 import shutil
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import pandas as pd
@@ -29,6 +28,9 @@ from ..errors import NeuroprobeError
 from ..store import read_images
 from .categories import _is_missing
 from .scan import layer_names, read_blocks
+
+if TYPE_CHECKING:
+    import xarray
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +67,7 @@ def _conditions(store: str | Path, by: str | None) -> tuple[np.ndarray, pd.DataF
         return keep, table, None
     if by not in images:
         raise NeuroprobeError(f"the image table has no column '{by}' (columns: {', '.join(images.columns)}); "
-                              "choose one for by")
+                              "choose one for by (report: --rdm-by)")
     labels = images[by]
     keep &= ~_is_missing(labels)
     codes, names = pd.factorize(labels.where(keep), sort=True)
@@ -99,7 +101,7 @@ def _category_means(store, layer, stat, keep, codes, k) -> np.ndarray:
 
 
 def rdm(store: str | Path, layer: str, stat: str = "mean", method: str = "correlation", by: str | None = None, *,
-        out: str | Path | None = None, memory: int = 1 << 30, max_bytes: int = 2 << 30):
+        out: str | Path | None = None, memory: int = 1 << 30, max_bytes: int = 2 << 30) -> "xarray.DataArray":
     """The RDM of ``layer`` as an ``xarray.DataArray`` (dims ``condition_a`` x ``condition_b``).
 
     Conditions: the readable images in store order (coordinates: ``image`` = store row and the image
