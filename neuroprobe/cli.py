@@ -16,6 +16,7 @@ EXAMPLES = """examples:
   python -m neuroprobe report  runs/sample.zarr --category dog --n 10 --out runs/sample-report
   python -m neuroprobe info    runs/sample.zarr
   python -m neuroprobe export  runs/sample.zarr runs/sample.h5
+  python -m neuroprobe export  runs/sample.zarr runs/sample-rsa.h5 --to rsatoolbox --layers bn2 --stat mean
   python -m neuroprobe occlude --layer blocks.3 --units 0 1 2 --data data/sample/labels.csv \
          --stride 8 --out runs/occlusion.zarr
   python -m neuroprobe rf      runs/sample.zarr --layers blocks.3 bn2 --units 0 1 2 --k 5 --stride 8 \
@@ -156,6 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="dask.distributed scheduler (e.g. tcp://10.0.0.5:8786): read and reduce the store's chunks "
                         "on its workers; the tables equal the single-process ones (needs neuroprobe[dask])")
+    p.add_argument("--rdm-by", default=None, metavar="COLUMN",
+                   help="also rdm_<layer>.csv/.png: the RDM of the category means of this image-table column")
+    p.add_argument("--rdm-method", default="correlation", choices=["correlation", "euclidean"],
+                   help="RDM dissimilarity, as rsatoolbox defines it (default: %(default)s)")
     p.add_argument("--out", required=True, help="folder for the CSV tables and PNG figures")
 
     p = sub.add_parser("occlude", help="occlusion discrepancy maps of a layer's units for every image",
@@ -237,9 +242,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="what a store holds and how complete it is")
     p.add_argument("store")
 
-    p = sub.add_parser("export", help="copy a store into one HDF5 file with the same layout")
+    p = sub.add_parser("export", help="a store as HDF5 (same layout), NetCDF, an rsatoolbox Dataset or a "
+                                      "Brain-Score assembly",
+                       description="hdf5: the store's groups, arrays and attributes in one HDF5 file (NaN rows "
+                                   "kept). netcdf: pooled statistics, one NetCDF group per layer (image x unit). "
+                                   "rsatoolbox: a Dataset (images x units, image table as obs_descriptors) in "
+                                   "rsatoolbox's HDF5 format (needs pip install rsatoolbox). brainscore: a "
+                                   "presentation x neuroid assembly as NetCDF (one neuroid per channel, or per "
+                                   "channel and position for layers with stored spatial maps). All but hdf5 "
+                                   "leave out unreadable images.")
     p.add_argument("store")
-    p.add_argument("target", help="e.g. run.h5")
+    p.add_argument("target", help="e.g. run.h5, run.nc")
+    p.add_argument("--to", default="hdf5", choices=["hdf5", "netcdf", "rsatoolbox", "brainscore"],
+                   help="format (default: %(default)s)")
+    p.add_argument("--layers", nargs="+", default=None, metavar="LAYER", help="default: every stored layer")
+    p.add_argument("--stat", default=None, metavar="STAT",
+                   help="pooled statistic: min, mean, max or area (default: mean; netcdf: all four)")
+    p.add_argument("--id-column", default=None,
+                   help="image-table column of unique stimulus ids (default: a stimulus_id column, else the "
+                        "path's stem)")
+    p.add_argument("--pooled", action="store_true",
+                   help="brainscore: the pooled --stat also for layers whose spatial maps are stored")
     return parser
 
 
@@ -335,7 +358,7 @@ def _report(args) -> int:
     summary = report(args.store, args.out, args.category, layers=args.layers, stat=args.stat, k=args.k, n=args.n,
                      threshold=args.threshold, permutations=args.permutations, seed=args.seed,
                      column=args.category_column, mapping=args.category_map, normalization=args.normalization,
-                     scheduler=args.scheduler)
+                     scheduler=args.scheduler, rdm_by=args.rdm_by, rdm_method=args.rdm_method)
     print(f"{args.category}-selective units (Malakhova index on {args.stat}, {args.normalization} normalized, "
           f">= {args.threshold:g}):")
     for row in summary.itertuples():
@@ -422,9 +445,10 @@ def _info(args) -> int:
 
 
 def _export(args) -> int:
-    from .store import export_hdf5
+    from .exports import export
 
-    print(export_hdf5(args.store, args.target))
+    print(export(args.store, args.target, args.to, layers=args.layers, stat=args.stat, spatial=not args.pooled,
+                 id_column=args.id_column))
     return 0
 
 

@@ -121,3 +121,45 @@ def unit_images(store: str | Path, topk: pd.DataFrame, layer: str, unit: int, k:
     fig.suptitle(f"{layer} unit {unit}: {made}images with the strongest positive and negative pre-activation",
                  fontsize=10)
     return fig
+
+
+def rdm_figure(rdm, category: str | np.ndarray | None = None, max_conditions: int = 2000) -> plt.Figure:
+    """An RDM (from :func:`neuroprobe.analysis.rdm`) as a heat map with its conditions grouped by category.
+
+    ``category``: a coordinate of the RDM (an image-table column) or one label per condition; the
+    conditions are sorted by it (stably) and each category's block is outlined. An RDM of category means
+    (``by=``) is shown in its own order. Above ``max_conditions``, evenly spaced conditions of the
+    sorted order are shown (the title says how many).
+    """
+    n = rdm.shape[0]
+    labels = rdm[category].values if isinstance(category, str) else category
+    if labels is None and rdm.attrs.get("by"):
+        labels = rdm["condition_a"].values
+    labels = np.asarray(labels if labels is not None else np.zeros(n, int))
+    codes, names = pd.factorize(pd.Series(labels).astype(str), sort=True)
+    order = np.argsort(codes, kind="stable")
+    shown = order[np.linspace(0, n - 1, max_conditions).round().astype(int)] if n > max_conditions else order
+    values = np.asarray(rdm.isel(condition_a=shown, condition_b=shown).values, dtype=float)
+    shown_codes = codes[shown]
+    fig, ax = plt.subplots(figsize=(7.2, 6.2), layout="constrained")
+    image = ax.imshow(values, cmap="rocket_r", interpolation="nearest")
+    fig.colorbar(image, ax=ax, shrink=0.85, label=rdm.attrs.get("definition", "dissimilarity"))
+    edges = np.flatnonzero(np.diff(shown_codes)) + 0.5
+    for edge in edges:
+        ax.axhline(edge, color="white", linewidth=0.6)
+        ax.axvline(edge, color="white", linewidth=0.6)
+    bounds = np.concatenate([[-0.5], edges, [len(shown) - 0.5]])
+    centres = (bounds[:-1] + bounds[1:]) / 2
+    present = [names[c] for c in shown_codes[np.r_[0, (edges + 0.5).astype(int)]]] if len(shown) else []
+    if 1 < len(present) <= 40:
+        ax.set_xticks(centres, present, rotation=90, fontsize=7)
+        ax.set_yticks(centres, present, fontsize=7)
+    else:
+        ax.set(xticks=[], yticks=[])
+    what = (f"{n} categories of '{rdm.attrs['by']}' (means)" if rdm.attrs.get("by") else
+            f"{n} images" + (f" ordered by {category}" if isinstance(category, str) else ""))
+    if n > max_conditions:
+        what += f", {max_conditions} evenly spaced shown"
+    ax.set_title(f"{rdm.attrs.get('layer', '')}: RDM of {rdm.attrs.get('stat', '')} pre-activation, "
+                 f"{rdm.attrs.get('method', '')}\n{what}", fontsize=10)
+    return fig

@@ -32,10 +32,12 @@ def summarize(tables: dict[str, pd.DataFrame], threshold: float) -> pd.DataFrame
 def report(store: str | Path, out: str | Path, category: str = "dog", *, layers: Sequence[str] | None = None,
            stat: str = "mean", k: int = 9, n: int = 50, threshold: float = 0.65, permutations: int = 1000,
            seed: int = 0, column: str | None = None, mapping=None, normalization: str = "minmax",
-           units_per_layer: int = 3, scheduler=None) -> pd.DataFrame:
+           units_per_layer: int = 3, scheduler=None, rdm_by: str | None = None,
+           rdm_method: str = "correlation") -> pd.DataFrame:
     """Write selectivity.csv, topk.csv, opponent.csv, summary.csv and the figures into ``out``; return the summary.
 
     ``store`` is a folder or an fsspec URL; ``scheduler`` (a dask client or address) runs the analyses on a cluster.
+    ``rdm_by``: also rdm_<layer>.csv and .png, the RDM of the category means of that image-table column.
     """
     import matplotlib.pyplot as plt
 
@@ -68,5 +70,12 @@ def report(store: str | Path, out: str | Path, category: str = "dog", *, layers:
         best = sel[sel["layer"] == layer].nlargest(units_per_layer, "value")["unit"]
         for unit in best:
             save(plots.unit_images(store, tables["topk"], layer, int(unit)), f"unit_{layer}_{int(unit)}.png")
+    if rdm_by:
+        from .analysis import rdm
+
+        for layer in summary["layer"]:
+            matrix = rdm(store, layer, stat, rdm_method, by=rdm_by)
+            matrix.to_pandas().rename_axis(index=rdm_by, columns=None).to_csv(out / f"rdm_{layer}.csv")
+            save(plots.rdm_figure(matrix), f"rdm_{layer}.png")
     log.info("report written to %s", out)
     return summary

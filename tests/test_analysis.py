@@ -198,9 +198,16 @@ def test_real_store_report(tmp_path, small_csv):
     from neuroprobe.report import report
 
     store = extract("efficientnet_lite0", small_csv, ["blocks.3"], tmp_path / "r.zarr", progress=False)
-    summary = report(store, tmp_path / "rep", "dog", k=2, n=3, permutations=20)
-    for name in ("selectivity.csv", "topk.csv", "opponent.csv", "summary.csv", "selectivity.png", "opponent_blocks.3.png"):
+    summary = report(store, tmp_path / "rep", "dog", k=2, n=3, permutations=20, rdm_by="class_index")
+    for name in ("selectivity.csv", "topk.csv", "opponent.csv", "summary.csv", "selectivity.png", "opponent_blocks.3.png",
+                 "rdm_blocks.3.png"):
         assert (tmp_path / "rep" / name).stat().st_size > 0
+    rdm_table = pd.read_csv(tmp_path / "rep" / "rdm_blocks.3.csv", index_col=0)  # category means: 1 - r
+    classes = sorted(pd.read_csv(small_csv).class_index.unique())
+    assert list(rdm_table.index) == classes and rdm_table.shape == (len(classes), len(classes))
+    means = zarr.open_group(str(store), mode="r")["blocks.3/mean"][:].astype(float)
+    by_class = np.stack([means[pd.read_csv(small_csv).class_index.to_numpy() == c].mean(0) for c in classes])
+    np.testing.assert_allclose(rdm_table.to_numpy(), 1 - np.corrcoef(by_class), atol=1e-9)
     mean = zarr.open_group(str(store), mode="r")["blocks.3/mean"][:]
     table = pd.read_csv(small_csv)
     member = table.class_index.between(151, 268).to_numpy()

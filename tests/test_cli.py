@@ -85,6 +85,7 @@ def runs(files):
     commands["info"] = ["info", str(store)]
     commands["export"] = ["export", str(store), str(folder / "small.h5")]
     commands["export to /proc"] = ["export", str(store), "/proc/neuroprobe-test.h5"]
+    commands["export brainscore"] = ["export", str(store), str(folder / "small.nc"), "--to", "brainscore"]
     commands["info of no store"] = ["info", str(folder / "empty")]
     with ThreadPoolExecutor(2) as pool:
         results = dict(zip(commands, pool.map(cli, commands.values())))
@@ -188,3 +189,28 @@ def test_export_hdf5_equals_zarr(runs, files):
         assert json.loads(h5["bn2"].attrs["feature_map_shape"]) == [1280, 7, 7]
         assert json.loads(h5["bn2/mean"].attrs["dimension_names"]) == ["image", "unit"]
     assert not (folder / "small.h5.partial").exists()
+
+
+def test_export_brainscore_of_a_real_store(runs, files):
+    """blocks.3 was stored with --spatial: one neuroid per (channel, y, x); bn2: its pooled mean per channel."""
+    import xarray as xr
+
+    result = runs["export brainscore"]
+    assert result.returncode == 0, result.stderr
+    folder, store = files
+    root = zarr.open_group(str(store), mode="r")
+    ok = root["images/status"][:] == "ok"
+    assembly = xr.open_dataarray(folder / "small.nc")
+    assert assembly.sizes == {"presentation": 5, "neuroid": 80 * 14 * 14 + 1280}
+    maps = root["blocks.3/spatial"][:][ok]
+    spatial = assembly.isel(neuroid=np.flatnonzero(assembly.layer.values == "blocks.3"))
+    picks = [0, 1, 14, 196, 15679]  # (c, y, x) = (0,0,0), (0,0,1), (0,1,0), (1,0,0), (79,13,13)
+    for k in picks:
+        c, y, x = (int(spatial[name].values[k]) for name in ("channel", "channel_y", "channel_x"))
+        np.testing.assert_array_equal(spatial.values[:, k], maps[:, c, y, x].astype(np.float32))
+    assert [(int(spatial.channel[k]), int(spatial.channel_y[k]), int(spatial.channel_x[k])) for k in picks] == \
+        [(0, 0, 0), (0, 0, 1), (0, 1, 0), (1, 0, 0), (79, 13, 13)]
+    pooled = assembly.isel(neuroid=np.flatnonzero(assembly.layer.values == "bn2"))
+    np.testing.assert_array_equal(pooled.values, root["bn2/mean"][:][ok])
+    assert list(assembly.group.values) == list(np.array(["a", "b", "c", "d", "e", "f", "g"])[ok])
+    assert (assembly.model.values == "efficientnet_lite0").all()

@@ -2,6 +2,7 @@
 
 :func:`analyze` reads each needed statistic of each layer once and feeds every analysis from that
 single pass; :func:`selectivity`, :func:`top_images` and :func:`opponent` are the same with one part.
+:func:`rdm` gives a layer's representational dissimilarity matrix (rsatoolbox's definitions).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from ..store import read_images
 from .categories import category_membership, class_labels
 from .dask_scan import dask_client, scan_dask
 from .opponent import OpponentCollector
+from .rdm import rdm
 from .scan import layer_names, scan
 from .selectivity import SelectivityCollector
 from .topk import DEFAULT_CRITERIA, TopKCollector
@@ -92,4 +94,4 @@ def opponent(store: str | Path, category: str = "dog", *, n: int = 50, **options
     return analyze(store, category, n=n, parts=("opponent",), **options)["opponent"]
 
 
-__all__ = ["analyze", "category_membership", "opponent", "selectivity", "top_images"]
+__all__ = ["analyze", "category_membership", "opponent", "rdm", "selectivity", "top_images"]
