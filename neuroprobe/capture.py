@@ -179,11 +179,23 @@ def unit_layout(layout: Layout | None, shape: Sequence[int]) -> UnitLayout:
     return CHANNELS_FIRST
 
 
+_LAYOUTS: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
 def unit_layouts(model: nn.Module, layers: Sequence[str], example: torch.Tensor) -> dict[str, UnitLayout]:
-    """The :class:`UnitLayout` of each layer, from one forward pass of ``example`` under the geometry tracker.
+    """The :class:`UnitLayout` of each layer, from one forward pass of ``example`` under the geometry tracker
+    (remembered per model, layer modules and input shape: attribution calls it once per batch).
     A model the tracker cannot follow gets channels-first layouts (logged)."""
-    shapes: dict[str, tuple[int, ...]] = {}
     modules = dict(model.named_modules())
+    key = (tuple((name, id(modules.get(name))) for name in layers), tuple(example.shape[1:]), example.device.type)
+    cache = _LAYOUTS.setdefault(model, {})
+    if key not in cache:
+        cache[key] = _unit_layouts(model, modules, layers, example)
+    return dict(cache[key])
+
+
+def _unit_layouts(model: nn.Module, modules: dict, layers: Sequence[str], example: torch.Tensor) -> dict[str, UnitLayout]:
+    shapes: dict[str, tuple[int, ...]] = {}
 
     def keep_shape(name: str, out) -> None:
         if isinstance(out, torch.Tensor):
