@@ -14,15 +14,19 @@ and the forward pass stops once every requested layer has been seen as often as 
 """
 from __future__ import annotations
 
+import logging
 import weakref
-from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from .errors import NeuroprobeError, closest
+from .geometry import LOST, Layout, layer_layouts
+
+log = logging.getLogger(__name__)
 
 # Elementwise nonlinearities whose input is "the pre-activation".
 ACTIVATION_NAMES = frozenset({
@@ -120,6 +124,85 @@ class _Recorder(TorchFunctionMode):
                 frozenset().union(*(used for _, _, used in traced)))
 
 
+@dataclass(frozen=True)
+class UnitLayout:
+    """Where a layer's units and positions lie in its tensor, and how to view it as (batch, units, *grid).
+
+    ``kind``: ``channels-first`` (N, C, H, W), ``channels-last`` (N, H, W, C: ConvNeXt's and Swin's
+    Linear layers), ``tokens`` ((N, T, C) or (N, C, T), T = extra tokens + grid; the extra leading tokens,
+    a class token, are left out of the grid and so of pooled statistics and maps), or ``vector`` (N, C).
+    """
+
+    kind: str
+    units_axis: int = 1
+    extra_tokens: int = 0
+    grid: tuple[int, ...] = ()
+
+    def units_first(self, value: torch.Tensor) -> torch.Tensor:
+        """A view (no copy) with units on axis 1 and the positions as a (rows, columns) grid after them."""
+        if self.kind == "channels-last":
+            return value.movedim(self.units_axis, 1)
+        if self.kind == "tokens":
+            token_axis = 3 - self.units_axis
+            patches = value.narrow(token_axis, self.extra_tokens, value.shape[token_axis] - self.extra_tokens)
+            return patches.movedim(self.units_axis, 1).unflatten(2, self.grid)
+        return value
+
+    def describe(self) -> str:
+        if self.kind == "tokens":
+            extra = f"; {self.extra_tokens} extra token{'s' * (self.extra_tokens > 1)} (class) left out" \
+                if self.extra_tokens else ""
+            return f"tokens {'x'.join(map(str, self.grid))}{extra}"
+        return self.kind
+
+
+CHANNELS_FIRST = UnitLayout("channels-first")
+
+
+def unit_layout(layout: Layout | None, shape: Sequence[int]) -> UnitLayout:
+    """The :class:`UnitLayout` of a tensor of ``shape`` (batch first) whose positions follow ``layout``."""
+    ndim = len(shape)
+    if ndim == 2:
+        return UnitLayout("vector")
+    if layout is None or layout is LOST or ndim not in (3, 4):
+        return CHANNELS_FIRST
+    if layout.tokens is not None and ndim == 3 and layout.axes[0] in (1, 2):
+        token_axis = layout.axes[0]
+        width, extra = layout.tokens
+        patches = int(shape[token_axis]) - extra
+        grid = (patches // width, width) if width and patches % width == 0 else (1, patches)
+        return UnitLayout("tokens", 3 - token_axis, extra, grid)
+    if ndim == 4 and layout.tokens is None and set(layout.axes) <= {1, 2, 3} and len(set(layout.axes)) == 2:
+        units = ({1, 2, 3} - set(layout.axes)).pop()
+        if units != 1 and tuple(layout.axes) == tuple(a for a in (1, 2, 3) if a != units):
+            return UnitLayout("channels-last", units)
+    return CHANNELS_FIRST
+
+
+def unit_layouts(model: nn.Module, layers: Sequence[str], example: torch.Tensor) -> dict[str, UnitLayout]:
+    """The :class:`UnitLayout` of each layer, from one forward pass of ``example`` under the geometry tracker.
+    A model the tracker cannot follow gets channels-first layouts (logged)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    modules = dict(model.named_modules())
+
+    def keep_shape(name: str, out) -> None:
+        if isinstance(out, torch.Tensor):
+            shapes.setdefault(name, tuple(out.shape))
+
+    hooks = [modules[name].register_forward_hook(lambda _m, _a, out, name=name: keep_shape(name, out))
+             for name in layers if name in modules]
+    try:
+        layouts, lost = layer_layouts(model, layers, example)
+    except Exception as exc:            # the layout is a refinement: never let it stop a capture
+        log.warning("could not follow the model's geometry (%s: %s); units taken on axis 1", type(exc).__name__, exc)
+        layouts, lost = {}, None
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {name: unit_layout(layouts.get(name), shapes[name]) if name in shapes else CHANNELS_FIRST
+            for name in layers}
+
+
 OnValue = Callable[[str, torch.Tensor], None]
 
 
@@ -134,7 +217,7 @@ class Capture:
 
     def __init__(self, model: nn.Module, layers: Sequence[str], on_value: OnValue,
                  post_activation: bool = False, plan: dict[str, "LayerInfo"] | None = None,
-                 keep_graph: bool = False) -> None:
+                 keep_graph: bool = False, layouts: Mapping[str, UnitLayout] | None = None) -> None:
         modules = dict(model.named_modules())
         for layer in layers:
             if layer not in modules or layer == "":
@@ -147,6 +230,9 @@ class Capture:
         self.post_activation = post_activation
         self.plan = plan
         self.keep_graph = keep_graph    # values stay in the autograd graph (under ActivationRewrite)
+        # values reach on_value as (batch, units, *grid) views; without layouts, as the layer returns them
+        self.layouts = dict(layouts) if layouts is not None else \
+            {name: info.layout for name, info in plan.items()} if plan is not None else {}
         self.descriptions: dict[str, str] = {}
         self.used: dict[str, frozenset[int]] = {}
         self.calls: dict[str, int] = {}
@@ -207,7 +293,8 @@ class Capture:
                                       f"'{self.plan[name].what}'; the model's structure depends on its input")
             self.descriptions[name], self.used[name] = what, used
             self.calls[name] = self.calls.get(name, 0) + 1
-            self.on_value(name, value if self.keep_graph else value.detach())
+            value = value if self.keep_graph else value.detach()
+            self.on_value(name, self.layouts[name].units_first(value) if name in self.layouts else value)
             if self.plan is not None and all(self.calls.get(n, 0) >= self.plan[n].calls for n in self.layers):
                 raise StopForward
             return None
@@ -220,10 +307,11 @@ class LayerInfo:
 
     name: str
     module_type: str
-    shape: tuple[int, ...]      # per image: (units, *spatial)
+    shape: tuple[int, ...]      # per image: (units, *spatial), units first whatever the layer's own layout
     captured: str               # "pre-activation: input of relu", "post-activation: output", ...
     calls: int                  # times the module runs per forward pass
     activation_calls: frozenset[int] = frozenset()  # activation calls inside it whose inputs are captured
+    layout: UnitLayout = field(default=CHANNELS_FIRST)
 
     @property
     def units(self) -> int:
@@ -237,19 +325,20 @@ class LayerInfo:
 
 def probe(model: nn.Module, layers: Iterable[str], example: torch.Tensor,
           post_activation: bool = False) -> dict[str, LayerInfo]:
-    """One full forward pass on ``example`` (batch of 1) to learn shapes, what is captured, and call counts."""
+    """One full forward pass on ``example`` (batch of 1) to learn shapes, what is captured, and call counts,
+    plus one under the geometry tracker to learn where each layer's units are (:class:`UnitLayout`)."""
     layers = list(dict.fromkeys(layers))
     shapes: dict[str, tuple[int, ...]] = {}
-
-    def keep(name: str, value: torch.Tensor) -> None:
-        shapes[name] = tuple(value.shape[1:])
-
     modules = dict(model.named_modules())
-    with torch.no_grad(), Capture(model, layers, keep, post_activation) as cap:
+    with torch.no_grad(), Capture(model, layers, lambda name, value: shapes.__setitem__(name, tuple(value.shape)),
+                                  post_activation) as cap:
         cap.run(example)
+    layouts = unit_layouts(model, layers, example)
     prefix = "post-activation: " if post_activation else "pre-activation: "
-    return {name: LayerInfo(name, type(modules[name]).__name__, shapes[name], prefix + cap.descriptions[name],
-                            cap.calls[name], cap.used[name]) for name in layers}
+    return {name: LayerInfo(name, type(modules[name]).__name__,
+                            tuple(layouts[name].units_first(torch.empty(shapes[name], device="meta")).shape[1:]),
+                            prefix + cap.descriptions[name], cap.calls[name], cap.used[name], layouts[name])
+            for name in layers}
 
 
 def all_layers(model: nn.Module, example: torch.Tensor, post_activation: bool = False) -> list[LayerInfo]:

@@ -88,7 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("layers", help="list a model's layers, feature-map shapes and what is captured",
                        description="List every layer name you can pass to --layers, with the shape of its "
-                                   "feature map (units, height, width) for one image and what is captured.")
+                                   "feature map (units, height, width) for one image, the layout its units were "
+                                   "found in (channels-first; channels-last, as in ConvNeXt's and Swin's Linear "
+                                   "layers; tokens, mapped to the patch grid, with a class token left out of "
+                                   "statistics and maps; vector) and what is captured.")
     _model_args(p)
     p.add_argument("--filter", default="", help="only names containing this text")
     p.add_argument("--post-activation", action="store_true", help="describe the outputs instead")
@@ -321,7 +324,7 @@ def _print_info(path) -> None:
     for layer in s["layers"]:
         extra = ", spatial maps" if layer["spatial"] else ""
         print(f"  {layer['layer']:<24} {layer['units']:>5} units  map {'x'.join(map(str, layer['shape']))}  "
-              f"{layer['captured']}{extra}")
+              f"{layer['captured']}{extra}" + (f"  ({layer['layout']})" if layer["layout"] != "channels-first" else ""))
     if s["missing"]:
         print("incomplete: run the same extract command again to finish it")
 

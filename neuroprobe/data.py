@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,7 +55,8 @@ def read_manifest(data: str | Path) -> Manifest:
         root = source
     else:
         try:
-            table = pd.read_csv(source, keep_default_na=False, na_values=[""])
+            # utf-8-sig: Excel's "CSV UTF-8" starts with a byte-order mark; Windows line endings parse as usual
+            table = pd.read_csv(source, keep_default_na=False, na_values=[""], encoding="utf-8-sig")
         except Exception as exc:
             raise NeuroprobeError(f"cannot read {data} as CSV ({exc}); give a CSV with a 'path' column or a folder") from exc
         if "path" not in table.columns:
@@ -69,12 +71,29 @@ def read_manifest(data: str | Path) -> Manifest:
     if len(table) == 0:
         raise NeuroprobeError(f"no images in {data}; give a folder holding images ({', '.join(sorted(IMAGE_SUFFIXES))}) "
                               "or a CSV with at least one row")
+    repeated = int(table["path"].duplicated().sum())
+    if repeated:
+        log.warning("%d row(s) of %s repeat an earlier path; each row is kept (store rows follow the manifest), "
+                    "e.g. %s", repeated, data, table["path"][table["path"].duplicated()].iat[0])
     return Manifest(table.reset_index(drop=True), root.resolve())
 
 
+def _walk(folder: Path):
+    """Every file below ``folder``, through symlinked folders too (each real folder once: no loops), hidden
+    files and folders (".ipynb_checkpoints", ".thumbs") left out."""
+    seen = set()
+    for current, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(current)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        yield from (Path(current) / n for n in names if not n.startswith("."))
+
+
 def _scan_folder(folder: Path) -> pd.DataFrame:
-    files = sorted(p for p in folder.rglob("*")
-                   if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    files = sorted(p for p in _walk(folder) if p.is_file())
     images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
     rel = [p.relative_to(folder) for p in images]
     nested = [r for r in rel if len(r.parts) > 1]

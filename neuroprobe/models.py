@@ -85,7 +85,8 @@ class LoadedModel:
         return self.provenance.get("model", type(self.module).__name__)
 
     def layer_table(self, post_activation: bool = False):
-        """Every layer name with its per-image feature-map shape and what is captured (a DataFrame)."""
+        """Every layer name with its per-image (units, *grid) shape, the layout its units were found in, and what is
+        captured (a DataFrame)."""
         import pandas as pd
 
         from .capture import all_layers
@@ -94,6 +95,7 @@ class LoadedModel:
         infos = all_layers(self.module, torch.zeros(1, 3, crop, crop), post_activation=post_activation)
         return pd.DataFrame({"layer": [i.name for i in infos], "type": [i.module_type for i in infos],
                              "shape": ["x".join(map(str, i.shape)) for i in infos],
+                             "layout": [i.layout.describe() for i in infos],
                              "captured": [i.captured for i in infos]})
 
 

@@ -125,7 +125,8 @@ class Store:
             for name, info in layers.items():
                 group = root.create_group(name)
                 group.attrs.update({"feature_map_shape": list(info.shape), "units": info.units,
-                                    "module_type": info.module_type, "captured": info.captured})
+                                    "module_type": info.module_type, "captured": info.captured,
+                                    "layout": info.layout.describe()})
                 for stat in STATS:
                     group.create_array(stat, shape=(n, info.units), chunks=(chunk_size, info.units), dtype="float32",
                                        fill_value=np.nan, dimension_names=("image", "unit"))
@@ -238,7 +239,8 @@ def summary(store: str | Path) -> dict[str, Any]:
     for name in attrs["layers"]:
         group = root[name]
         layers.append({"layer": name, "units": group.attrs["units"], "shape": tuple(group.attrs["feature_map_shape"]),
-                       "captured": group.attrs["captured"], "spatial": SPATIAL in group})
+                       "captured": group.attrs["captured"], "spatial": SPATIAL in group,
+                       "layout": group.attrs.get("layout", "channels-first")})
     return {
         "path": str(path), "model": attrs.get("provenance", {}).get("model"),
         "weights": attrs.get("provenance", {}).get("weights"),

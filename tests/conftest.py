@@ -18,6 +18,11 @@ SAMPLE_CSV = ROOT / "data" / "sample" / "labels.csv"
 SHARED_SAMPLE = ROOT.parent / "shared" / "data" / "imagenet-sample" / "labels.csv"
 
 
+def pytest_addoption(parser):
+    parser.addoption("--full-matrix", action="store_true",
+                     help="test_families.py: every torchvision classification model and timm family (minutes)")
+
+
 @pytest.fixture(scope="session")
 def sample_csv() -> Path:
     return SAMPLE_CSV

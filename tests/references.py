@@ -148,3 +148,89 @@ def effnet_block_bn2(model: nn.Module, x: torch.Tensor, stage: int, block: int, 
     h = F.relu6(bn(unit.bn1, unit.conv_pw(h)))
     pre = bn(unit.bn2, unit.conv_dw(h))
     return F.relu6(pre) if post else pre
+
+
+# -- any traceable model: the pre-activation read off its FX graph -----------------------------------------
+FX_ACTIVATION_MODULES = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh,
+                         nn.ELU, nn.LeakyReLU, nn.Mish, nn.Hardtanh, nn.PReLU, nn.SELU, nn.CELU, nn.Softplus)
+FX_ACTIVATION_NAMES = {"relu", "relu6", "gelu", "silu", "hardswish", "hardsigmoid", "sigmoid", "tanh", "elu",
+                       "leaky_relu", "mish", "hardtanh", "prelu", "selu", "celu", "softplus"}
+
+
+def _fx_tracer(model: nn.Module):
+    """torchvision's NodePathTracer (qualified names per node), with timm's leaf modules and wrapped functions."""
+    from torchvision.models.feature_extraction import NodePathTracer
+
+    try:
+        from timm.layers import _fx
+    except ImportError:
+        return NodePathTracer()
+    # timm's norm+activation modules are traced through, so that the activation inside them is a node
+    leaves = [m for m in _fx._leaf_modules if "NormAct" not in m.__name__]
+    return NodePathTracer(leaf_modules=leaves, autowrap_functions=list(_fx._autowrap_functions))
+
+
+def _is_activation(node, modules) -> bool:
+    if node.op == "call_module":
+        return isinstance(modules[node.target], FX_ACTIVATION_MODULES)
+    name = getattr(node.target, "__name__", str(node.target)).strip("_")
+    return node.op in ("call_function", "call_method") and name in FX_ACTIVATION_NAMES
+
+
+def fx_preactivations(model: nn.Module, layers, x: torch.Tensor, post: bool = False) -> dict[str, torch.Tensor]:
+    """The value of each layer read off the model's FX graph: its output node (the last node inside the layer),
+    traced back through a final activation (its input) and channel concatenations (of the traced inputs),
+    each value cloned the moment its node runs, so that later in-place ops cannot touch it. Shares no code
+    with :mod:`neuroprobe.capture` (which follows eager calls under a TorchFunctionMode)."""
+    tracer = _fx_tracer(model)
+    graph = tracer.trace(model.eval())
+    names = tracer.node_to_qualname
+    modules = dict(model.named_modules())
+
+    def back(node):
+        if post:
+            return node
+        if _is_activation(node, modules) or \
+                node.op == "call_module" and isinstance(modules[node.target], (nn.Identity, nn.Dropout)):
+            return back(node.args[0])
+        if node.op == "call_function" and getattr(node.target, "__name__", "") == "cat":
+            dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
+            if dim == 1:
+                return ("cat", [back(a) for a in node.args[0]])
+        return node
+
+    wanted, leaves = {}, set()
+
+    def collect(item):
+        if isinstance(item, tuple):
+            for part in item[1]:
+                collect(part)
+        else:
+            leaves.add(item)
+
+    for layer in layers:
+        # a module call is placed by its target (the qualified names torchvision's tracer gives can be off by one)
+        where = {n: n.target if n.op == "call_module" else str(names.get(n, "")) for n in graph.nodes}
+        inside = [n for n in graph.nodes if where[n] == layer or where[n].startswith(layer + ".")]
+        if not inside:
+            raise LookupError(f"no FX node for {layer}")
+        wanted[layer] = back(inside[-1])
+        collect(wanted[layer])
+    values = {}
+
+    class Grab(torch.fx.Interpreter):
+        def run_node(self, n):
+            out = super().run_node(n)
+            if n in leaves:
+                values[n] = out.detach().clone()
+            return out
+
+    with torch.no_grad():
+        Grab(torch.fx.GraphModule(tracer.root, graph)).run(x)
+
+    def assemble(item):
+        if isinstance(item, tuple):
+            return torch.cat([assemble(p) for p in item[1]], dim=1)
+        return values[item]
+
+    return {layer: assemble(item) for layer, item in wanted.items()}

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..capture import Capture, StopForward
+from ..capture import Capture, StopForward, unit_layouts
 from ..errors import NeuroprobeError
 from .activations import ActivationRewrite, guided, plain
 
@@ -67,16 +67,17 @@ class _Scorer:
     Run it under :class:`ActivationRewrite` so that activations run out of place."""
 
     def __init__(self, model: nn.Module, target_layer: str | None = None, layers: Sequence[str] = (),
-                 post_activation: bool = True) -> None:
+                 post_activation: bool = True, example: torch.Tensor | None = None) -> None:
         self.model = model
         self.target_layer = target_layer
         self.values: dict[str, torch.Tensor] = {}
         self.units: dict[str, torch.Tensor] = {}
         self.captures = []
-        if layers:
+        if layers:     # values as the layers return them (gradients are taken with respect to them)
             self.captures.append(Capture(model, layers, self.values.__setitem__, post_activation, keep_graph=True))
         if target_layer:
-            self.captures.append(Capture(model, [target_layer], self._unit_value, keep_graph=True))
+            layouts = unit_layouts(model, [target_layer], example[:1].detach()) if example is not None else None
+            self.captures.append(Capture(model, [target_layer], self._unit_value, keep_graph=True, layouts=layouts))
 
     def _unit_value(self, name: str, value: torch.Tensor) -> None:
         self.units[name] = value
@@ -120,7 +121,7 @@ def _input_gradient(model: nn.Module, x: torch.Tensor, targets, target_layer: st
     # pre-activation in the graph (unit targets); a plain class gradient runs the model as it is.
     rewrite = rewrite or (plain if target_layer else None)
     with torch.enable_grad(), ActivationRewrite(rewrite) if rewrite else contextlib.nullcontext():
-        scores = _Scorer(model, target_layer)(x, targets)
+        scores = _Scorer(model, target_layer, example=x)(x, targets)
     grads = batched_grad(scores, x)                    # (T, B, C, H, W)
     return grads.transpose(0, 1), targets
 
@@ -197,16 +198,19 @@ def gradcam(model: nn.Module, x: torch.Tensor, targets, layer: str, *, relu: boo
     pre-activation with ``pre_activation``); raw = sum_k w_k A_k at the layer's resolution; map = its
     ReLU (``relu``) upsampled bilinearly to the input. Backward stops at the layer."""
     targets = as_targets(targets, len(x), x.device)
+    layout = unit_layouts(model, [layer], x[:1].detach())[layer]
     if pre_activation or target_layer:
-        scorer = _Scorer(model, target_layer, layers=[layer], post_activation=not pre_activation)
+        scorer = _Scorer(model, target_layer, layers=[layer], post_activation=not pre_activation, example=x)
         with torch.enable_grad(), ActivationRewrite(plain):
             scores = scorer(x.detach(), targets)
             activation = scorer.values[layer]
     else:
         scores, activation = _scores_from_layer(model, x, targets, layer)
+    grads = batched_grad(scores, activation)           # as the layer returns them: (T, B, ...)
+    activation = layout.units_first(activation)        # (B, K, h, w): channels-last and token layers on their grid
+    grads = layout.units_first(grads.flatten(0, 1)).unflatten(0, grads.shape[:2])
     if activation.ndim != 4:
         raise NeuroprobeError(f"layer '{layer}' has no spatial map (shape {tuple(activation.shape)}); choose a conv layer")
-    grads = batched_grad(scores, activation)           # (T, B, K, h, w)
     weights = grads.mean(dim=(3, 4))                   # (T, B, K)
     cam = torch.einsum("tbk,bkhw->bthw", weights, activation.detach())
     shown = cam.clamp(min=0) if relu else cam

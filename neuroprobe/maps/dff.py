@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..capture import Capture
+from ..capture import Capture, unit_layouts
 from ..errors import NeuroprobeError
 from .attribution import Attribution, as_targets
 
@@ -98,7 +98,8 @@ def factorize(model: nn.Module, x: torch.Tensor, layer: str, concepts: int = 5, 
     """DFF of ``layer``'s output over the batch: V (channels, B*h*w), shifted by each channel's minimum
     (as pytorch-grad-cam does, so any layer is non-negative), factorized into ``concepts`` parts."""
     values: dict[str, torch.Tensor] = {}
-    with torch.no_grad(), Capture(model, [layer], values.__setitem__, post_activation=True) as capture:
+    layouts = unit_layouts(model, [layer], x[:1])
+    with torch.no_grad(), Capture(model, [layer], values.__setitem__, post_activation=True, layouts=layouts) as capture:
         capture.run(x)
     activation = values[layer].float()
     if activation.ndim != 4:

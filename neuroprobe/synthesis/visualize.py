@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..capture import Capture, StopForward
+from ..capture import Capture, StopForward, unit_layouts
 from ..device import resolve_device
 from ..errors import NeuroprobeError
 from ..maps.activations import ActivationRewrite, plain, redirected
@@ -51,9 +51,10 @@ def unit_seed(seed: int, unit: int, direction: str) -> int:
 
 
 def layer_values(model: torch.nn.Module, layer: str, x: torch.Tensor, keep_graph: bool = True,
-                 rewrite=plain) -> torch.Tensor:
+                 rewrite=plain, layouts: dict | None = None) -> torch.Tensor:
     """The layer's pre-activation for input ``x`` (in the autograd graph when ``keep_graph``, activations run
-    out of place through ``rewrite``); the pass stops there."""
+    out of place through ``rewrite``), as (batch, units, *grid); the pass stops there. ``layouts`` caches the
+    layer's unit layout per input size across calls."""
     held: dict[str, torch.Tensor] = {}
 
     def keep(name: str, value: torch.Tensor) -> None:
@@ -61,7 +62,10 @@ def layer_values(model: torch.nn.Module, layer: str, x: torch.Tensor, keep_graph
         raise StopForward
 
     mode = ActivationRewrite(rewrite) if keep_graph else None
-    with Capture(model, [layer], keep, keep_graph=keep_graph):
+    layouts = {} if layouts is None else layouts        # per input size: a token grid depends on it
+    if tuple(x.shape[-2:]) not in layouts:
+        layouts[tuple(x.shape[-2:])] = unit_layouts(model, [layer], x[:1].detach())
+    with Capture(model, [layer], keep, keep_graph=keep_graph, layouts=layouts[tuple(x.shape[-2:])]):
         if mode is not None:
             mode.__enter__()
         try:
@@ -162,7 +166,9 @@ def visualize(model: str | LoadedModel, layer: str, units: Sequence[int], *, dir
     lr = DEFAULT_LR[param] if lr is None else lr
     directions = ["max", "min"] if direction == "both" else [direction]
     jobs = [(int(u), d) for u in units for d in directions]
-    channels = layer_values(module, layer, torch.zeros(1, 3, size, size, device=dev), keep_graph=False).shape[1]
+    layouts: dict = {}
+    channels = layer_values(module, layer, torch.zeros(1, 3, size, size, device=dev), keep_graph=False,
+                            layouts=layouts).shape[1]
     bad = [u for u, _ in jobs if not 0 <= u < channels]
     if bad:
         raise NeuroprobeError(f"unit {bad[0]} is out of range: layer '{layer}' has {channels} units (0-{channels - 1})")
@@ -171,9 +177,10 @@ def visualize(model: str | LoadedModel, layer: str, units: Sequence[int], *, dir
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start:start + batch_size]
         image, trace = _optimize(loaded, module, layer, chunk, objective, param, steps, size, transforms, seed, lr,
-                                 spectrum, dev, redirected if redirect else plain)
+                                 spectrum, dev, redirected if redirect else plain, layouts)
         with torch.no_grad():
-            values = layer_values(module, layer, loaded.preprocessing.normalize(image.to(dev)), keep_graph=False)
+            values = layer_values(module, layer, loaded.preprocessing.normalize(image.to(dev)), keep_graph=False,
+                                  layouts=layouts)
             reached.append(unit_statistic(values, torch.tensor([u for u, _ in chunk]), objective,
                                           torch.tensor([1.0 if d == "max" else -1.0 for _, d in chunk])).cpu())
         images.append(image)
@@ -195,7 +202,7 @@ def visualize(model: str | LoadedModel, layer: str, units: Sequence[int], *, dir
 
 def _optimize(loaded: LoadedModel, module: torch.nn.Module, layer: str, jobs: list[tuple[int, str]], objective: str,
               param: str, steps: int, size: int, transforms: Transforms, seed: int, lr: float,
-              spectrum: torch.Tensor | None, dev: torch.device, rewrite) -> tuple[torch.Tensor, np.ndarray]:
+              spectrum: torch.Tensor | None, dev: torch.device, rewrite, layouts: dict) -> tuple[torch.Tensor, np.ndarray]:
     """Optimize one batch of images; returns them as uint8 (on the CPU) and the objective at every step."""
     seeds = [unit_seed(seed, u, d) for u, d in jobs]
     batch = ImageBatch(param, seeds, size, spectrum=spectrum, device=dev)
@@ -207,7 +214,8 @@ def _optimize(loaded: LoadedModel, module: torch.nn.Module, layer: str, jobs: li
     for step in range(steps):
         x = transforms.apply(batch(), transforms.draw(generators))
         early = step < max(16, steps // 8)          # the redirected gradient is only needed to leave a dead start
-        values = layer_values(module, layer, _normalize(loaded, x), rewrite=rewrite if early else plain)
+        values = layer_values(module, layer, _normalize(loaded, x), rewrite=rewrite if early else plain,
+                              layouts=layouts)
         stat = unit_statistic(values, units, objective, signs)
         (grad,) = torch.autograd.grad(-(signs * stat).sum(), [batch.values])
         batch.values.grad = grad
