@@ -22,9 +22,10 @@ import pandas as pd
 import pytest
 import zarr
 
-from helpers_robustness import PYTHON, ROOT, assert_stores_equal, cli, cli_env, one_line_error, tree_digest
+from helpers_robustness import BIN, PYTHON, ROOT, assert_stores_equal, cli, cli_env, one_line_error, tree_digest
 from test_resume import CHUNK, N_CHUNKS, N_IMAGES, assert_done_chunks_match, extract_args, journal_count
 
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # every run: torchrun's default, so that its stores compare bit for bit
 SEED = int(os.environ.get("NEUROPROBE_TEST_SEED", random.randrange(2**31)))
 STOP_LINE = re.compile(r"^neuroprobe: stopped by (SIGTERM|SIGINT): (\d+) of 42 images done \((\d+) of 11 chunks "
                        r"journaled\) in (\S+); resume with: python -m neuroprobe extract .*--out (\S+) ")
@@ -44,16 +45,16 @@ def reference(dataset, tmp_path_factory):
     """One uninterrupted run (stats only)."""
     csv, _ = dataset
     store = tmp_path_factory.mktemp("faults-reference") / "reference.zarr"
-    result = cli(extract_args(csv, store))
+    result = cli(extract_args(csv, store), **ONE_THREAD)
     assert result.returncode == 0, result.stderr
     return store
 
 
-def start(args, folder, **popen):
+def start(args, folder, launcher=(PYTHON, "-m", "neuroprobe")):
     """A real extract in its own session (so SIGINT is not ignored), stdout and stderr to files."""
     out, err = (folder / "stdout.log").open("wb"), (folder / "stderr.log").open("wb")
-    return subprocess.Popen([PYTHON, "-m", "neuroprobe", *map(str, args)], cwd=ROOT, env=cli_env(),
-                            stdout=out, stderr=err, start_new_session=True, **popen)
+    return subprocess.Popen([*map(str, launcher), *map(str, args)], cwd=ROOT, env=cli_env(**ONE_THREAD),
+                            stdout=out, stderr=err, start_new_session=True)
 
 
 def wait_for(proc, condition, timeout: float = 240) -> None:
@@ -79,7 +80,7 @@ def stderr_lines(folder) -> list[str]:
 
 
 def resume_to_reference(csv, store, reference) -> subprocess.CompletedProcess:
-    result = cli(extract_args(csv, store))
+    result = cli(extract_args(csv, store), **ONE_THREAD)
     assert result.returncode == 0, result.stderr
     assert re.search(rf"images\s+{N_IMAGES}: 40 done, 2 skipped \(unreadable\), 0 missing", result.stdout)
     assert_stores_equal(store, reference)
@@ -124,6 +125,26 @@ def test_signals_stop_cleanly_and_resume(sig, times, dataset, reference, tmp_pat
         assert f"{store} is incomplete: {expected_done} of {N_IMAGES} images done" in line, line
         assert f"finish it with: python -m neuroprobe extract" in line and "--allow-incomplete" in line, line
     resume_to_reference(csv, store, reference)
+
+
+@pytest.mark.skipif(not (BIN / "torchrun").exists(), reason="torchrun is not installed beside this Python")
+def test_sigterm_under_torchrun_leaves_a_consistent_store(dataset, reference, tmp_path):
+    """torchrun forwards SIGTERM to both ranks; each stops on its own, every journaled chunk holds its data,
+    and the same torchrun command finishes the store of one process."""
+    csv, _ = dataset
+    store = tmp_path / "two.zarr"
+    launcher = [BIN / "torchrun", "--standalone", "--nproc-per-node", "2", "-m", "neuroprobe"]
+    proc = start(extract_args(csv, store), tmp_path, launcher)
+    wait_for(proc, lambda: journal_count(store) >= 2)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=120)
+    assert proc.returncode != 0
+    done = assert_done_chunks_match(store, reference)
+    assert 2 <= done.sum() < N_CHUNKS
+    result = subprocess.run([*map(str, launcher), *map(str, extract_args(csv, store))], cwd=ROOT,
+                            env=cli_env(**ONE_THREAD), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert_stores_equal(store, reference)
 
 
 # -- an incomplete store, analysed on purpose ------------------------------------------------------------
@@ -176,7 +197,7 @@ def test_file_size_limit_gives_one_line_and_resumes(dataset, reference, tmp_path
     limit = (largest_metadata + largest_chunk) // 2
     assert largest_metadata < limit < largest_chunk  # the store is made, its first bn2 chunk is refused
     result = subprocess.run([PYTHON, "-m", "neuroprobe", *map(str, extract_args(csv, store))], cwd=ROOT,
-                            env=cli_env(), capture_output=True, text=True, timeout=300,
+                            env=cli_env(**ONE_THREAD), capture_output=True, text=True, timeout=300,
                             preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
     line = last_error_line(result)
     assert re.match(rf"neuroprobe: error: cannot write chunk \d+ \(images \d+-\d+\) of {re.escape(str(store))}: "
@@ -210,7 +231,7 @@ def test_corrupted_chunks_are_named_and_recomputed(dataset, reference, tmp_path)
     assert line.startswith(f"neuroprobe: error: {store}: corrupted chunk ") and "and 3 more chunk(s)" in line, line
     assert "python -m neuroprobe extract" in line, line
 
-    result = cli(extract_args(csv, store))
+    result = cli(extract_args(csv, store), **ONE_THREAD)
     assert result.returncode == 0, result.stderr
     assert "recomputing 4 chunk(s) whose files were corrupted: [3, 5, 7, 9]" in result.stderr, result.stderr
     assert_stores_equal(store, reference)
@@ -230,7 +251,7 @@ def test_second_writer_is_refused_and_the_lock_dies_with_its_holder(dataset, ref
     wait_for(first, lambda: journal_count(store) >= 1)
     first.send_signal(signal.SIGSTOP)  # the first writer holds the lock for as long as the second needs
     try:
-        line = last_error_line(cli(extract_args(csv, store)))
+        line = last_error_line(cli(extract_args(csv, store), **ONE_THREAD))
     finally:
         first.kill()
         first.wait()
