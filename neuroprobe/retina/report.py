@@ -147,8 +147,8 @@ def saccade_report(likelihood: str | Path, data: str | Path | Manifest, out: str
     out = Path(out)
     from ..completeness import mark_figure, mark_table, require_complete
 
+    store = LikelihoodStore.open(likelihood)  # one line for a path that is not a likelihood store
     state = require_complete(likelihood, allow_incomplete)
-    store = LikelihoodStore.open(likelihood)
     manifest = data if isinstance(data, Manifest) else read_manifest(data)
     if manifest.fingerprint() != store.settings["data"]:
         raise NeuroprobeError(f"--data is not the image table {likelihood} was made from; pass that table")
