@@ -57,6 +57,13 @@ def _occluder_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when present)")
 
 
+def _incomplete_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--allow-incomplete", action="store_true",
+                        help="analyse a store whose extraction did not finish: only its finished images, with "
+                             "the completeness in every table (a 'completeness' column) and figure title "
+                             "(default: refuse it, naming the command that finishes it)")
+
+
 def _method_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layer", default=None,
                         help="layer for gradcam and dff, as listed by 'python -m neuroprobe layers' (default: the "
@@ -161,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also rdm_<layer>.csv/.png: the RDM of the category means of this image-table column")
     p.add_argument("--rdm-method", default="correlation", choices=["correlation", "euclidean"],
                    help="RDM dissimilarity, as rsatoolbox defines it (default: %(default)s)")
+    _incomplete_arg(p)
     p.add_argument("--out", required=True, help="folder for the CSV tables and PNG figures")
 
     p = sub.add_parser("occlude", help="occlusion discrepancy maps of a layer's units for every image",
@@ -191,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.5,
                    help="RF = connected region >= this fraction of the averaged map's maximum (default: %(default)s)")
     _occluder_args(p)
+    _incomplete_arg(p)
     p.add_argument("--out", required=True, help="folder for rf.csv and the figures")
 
     methods = "gradient, guided, smoothgrad, gradcam, dff, feedback, global"
@@ -241,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="what a store holds and how complete it is")
     p.add_argument("store")
+    p.add_argument("--check", action="store_true",
+                   help="read every chunk and list those that do not decode (checksum mismatch, truncated file); "
+                        "exit status 1 when there are any; the same extract command recomputes them")
 
     p = sub.add_parser("export", help="a store as HDF5 (same layout), NetCDF, an rsatoolbox Dataset or a "
                                       "Brain-Score assembly",
@@ -258,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", nargs="+", default=None, metavar="LAYER", help="default: every stored layer")
     p.add_argument("--stat", default=None, metavar="STAT",
                    help="pooled statistic: min, mean, max or area (default: mean; netcdf: all four)")
+    _incomplete_arg(p)
     p.add_argument("--id-column", default=None,
                    help="image-table column of unique stimulus ids (default: a stimulus_id column, else the "
                         "path's stem)")
@@ -289,8 +302,13 @@ def main(argv: list[str] | None = None) -> int:
     from .malloc import keep_freed_memory
 
     keep_freed_memory()
+    from .stopping import Stopped
+
     try:
-        return {**COMMANDS, **_tool_commands()}[args.command](args)
+        return _guarded({**COMMANDS, **_tool_commands()}[args.command], args)
+    except Stopped as exc:
+        print(f"neuroprobe: {_stopped_line(exc)}", file=sys.stderr)
+        return exc.exit_code
     except NeuroprobeError as exc:
         print(f"neuroprobe: error: {exc}", file=sys.stderr)
         return 2
@@ -300,6 +318,29 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into head or less, which closed early: no traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own recipe (signal docs)
         return 1
+
+
+def _guarded(command, args) -> int:
+    """Run a command; a read that fails on a corrupted chunk of its store becomes one line naming the chunk."""
+    store = getattr(args, "store", None) or getattr(args, "likelihood", None)
+    if not store or args.command == "extract":
+        return command(args)
+    from .integrity import readable
+
+    with readable(store):
+        return command(args)
+
+
+def _stopped_line(exc) -> str:
+    """What a stopped extract finished and how to resume it."""
+    from .completeness import completeness
+
+    try:
+        state = completeness(exc.store)
+    except Exception:  # noqa: BLE001 - a store removed meanwhile: still say how to resume
+        return f"stopped by {exc.name}; run the same command again to resume"
+    return (f"stopped by {exc.name}: {state.done} of {state.total} images done ({state.chunks_done} of "
+            f"{state.chunks} chunks journaled) in {state.store}; resume with: {state.command}")
 
 
 def _layers(args) -> int:
@@ -349,7 +390,8 @@ def _print_info(path) -> None:
         print(f"  {layer['layer']:<24} {layer['units']:>5} units  map {'x'.join(map(str, layer['shape']))}  "
               f"{layer['captured']}{extra}" + (f"  ({layer['layout']})" if layer["layout"] != "channels-first" else ""))
     if s["missing"]:
-        print("incomplete: run the same extract command again to finish it")
+        print(f"incomplete: finish it with: {s['command'] or 'the same extract command'} (report, rf and other "
+              "readers refuse it unless --allow-incomplete)")
 
 
 def _report(args) -> int:
@@ -358,7 +400,8 @@ def _report(args) -> int:
     summary = report(args.store, args.out, args.category, layers=args.layers, stat=args.stat, k=args.k, n=args.n,
                      threshold=args.threshold, permutations=args.permutations, seed=args.seed,
                      column=args.category_column, mapping=args.category_map, normalization=args.normalization,
-                     scheduler=args.scheduler, rdm_by=args.rdm_by, rdm_method=args.rdm_method)
+                     scheduler=args.scheduler, rdm_by=args.rdm_by, rdm_method=args.rdm_method,
+                     allow_incomplete=args.allow_incomplete)
     print(f"{args.category}-selective units (Malakhova index on {args.stat}, {args.normalization} normalized, "
           f">= {args.threshold:g}):")
     for row in summary.itertuples():
@@ -389,7 +432,7 @@ def _rf(args) -> int:
 
     table = rf_report(args.store, args.layers, args.out, k=args.k, units=args.units, threshold=args.threshold,
                       window=args.window, stride=args.stride, fill=args.fill, rf_only=args.rf_only,
-                      device=args.device, batch_size=args.batch_size)
+                      device=args.device, batch_size=args.batch_size, allow_incomplete=args.allow_incomplete)
     summary = table.groupby("layer", sort=False).agg(units=("unit", "size"), theoretical=("theoretical_rf_px", "first"),
                                                      empirical=("empirical_rf_px", "median"), ratio=("ratio", "median"))
     print("receptive fields (px; empirical = median over units):")
@@ -440,7 +483,24 @@ def _localize(args) -> int:
 
 
 def _info(args) -> int:
-    _print_info(args.store)
+    if not args.check:
+        _print_info(args.store)
+        return 0
+    from .integrity import bad_chunks
+    from .location import display
+
+    bad = bad_chunks(args.store)
+    for item in bad:
+        print(f"bad chunk  {item.describe()}")
+    try:
+        _print_info(args.store)
+    except Exception:  # noqa: BLE001 - a corrupted journal or image table: the list above says which
+        pass
+    if bad:
+        print(f"{len(bad)} corrupted chunk(s) in {display(args.store)}; run the same extract command again to "
+              "recompute exactly those images")
+        return 1
+    print("check    every chunk decodes (checksums match)")
     return 0
 
 
@@ -448,7 +508,7 @@ def _export(args) -> int:
     from .exports import export
 
     print(export(args.store, args.target, args.to, layers=args.layers, stat=args.stat, spatial=not args.pooled,
-                 id_column=args.id_column))
+                 id_column=args.id_column, allow_incomplete=args.allow_incomplete))
     return 0
 
 

@@ -9,6 +9,7 @@ process takes every N-th pending chunk.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -29,9 +30,11 @@ from .distributed import Distributed
 from .errors import NeuroprobeError
 from .loader import DECODERS, image_batches
 from .location import Location
+from .lock import writer_lock
 from .malloc import keep_freed_memory_on_cpu
 from .models import LoadedModel, load_model
 from .reduce import STATS, pool_units
+from .stopping import StopRequest, Stopped, stop_on_signals
 from .store import Store, default_chunk_size
 from .writer import ChunkBuffer, ChunkWriter
 
@@ -95,6 +98,9 @@ def extract(model: str | LoadedModel, data: str | Path | Manifest, layers: Seque
     processes on a GPU; ``memory_format="auto"`` runs convolutional models channels-last;
     ``decode="gpu"`` decodes JPEGs on the extraction device (see :mod:`neuroprobe.decode`).
     ``channels_last=True`` is the older spelling of ``memory_format="channels_last"``.
+    SIGTERM/SIGINT stop it after the chunks being written are journaled (:class:`~neuroprobe.stopping.Stopped`);
+    a second extract on the same local store is refused (:mod:`neuroprobe.lock`); chunk files that no
+    longer decode are recomputed (:meth:`Store.repair`).
     """
     if amp not in (None, "none", *AMP_DTYPES):
         raise NeuroprobeError(f"unknown --amp '{amp}'; use bf16, fp16 or none")
@@ -112,6 +118,17 @@ def extract(model: str | LoadedModel, data: str | Path | Manifest, layers: Seque
     if unknown:
         raise NeuroprobeError(f"--spatial {' '.join(unknown)} must also be among --layers")
     out = Location.of(out)
+    with stop_on_signals() as stop:
+        return _extract(model, data, layers, out, stop, weights=weights, batch_size=batch_size, device=device,
+                        workers=workers, post_activation=post_activation, spatial=spatial, amp=amp,
+                        memory_format=memory_format, decode=decode, chunk_size=chunk_size, overwrite=overwrite,
+                        progress=progress, max_pixels=max_pixels, extra_attrs=extra_attrs)
+
+
+def _extract(model, data, layers, out: Location, stop: StopRequest, *, weights, batch_size, device, workers,
+             post_activation, spatial, amp, memory_format, decode, chunk_size, overwrite, progress, max_pixels,
+             extra_attrs) -> Path | str:
+    """:func:`extract` after its arguments are checked, with the stop request of its signal handlers."""
     _check_writable(out)
     manifest = data if isinstance(data, Manifest) else read_manifest(data)  # cheap mistakes first
     loaded = model if isinstance(model, LoadedModel) else load_model(model, weights)
@@ -131,16 +148,25 @@ def extract(model: str | LoadedModel, data: str | Path | Manifest, layers: Seque
         workers = default_workers(dev, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
     store = _open_or_create(out, plan, dist, overwrite, explicit_chunk=chunk_size is not None)
-    pending = store.pending_chunks()
-    dist.barrier()  # every process has read the journal before any writes to it: all split the same list
-    mine = pending[dist.rank::dist.world_size]
-    total = len(manifest)
-    done_before = total - sum(len(store.chunk_rows(c)) for c in pending)
-    if dist.rank == 0:
-        log.info("%s: %d images, %d already done, %d chunks to do over %d process(es); %s, decode %s, %d worker(s)",
-                 out, total, done_before, len(pending), dist.world_size, fmt, decode, workers)
-    if mine:
-        _run(store, plan, module, dev, mine, batch_size, workers, progress, max_pixels, dist)
+    lock = writer_lock(out) if dist.world_size == 1 else contextlib.nullcontext()  # torchrun ranks share by design
+    with lock:
+        if dist.rank == 0:
+            redone = store.repair(manifest)
+            if redone:
+                log.warning("%s: recomputing %d chunk(s) whose files were corrupted: %s", out, len(redone), redone)
+        dist.barrier()
+        pending = store.pending_chunks()
+        dist.barrier()  # every process has read the journal before any writes to it: all split the same list
+        mine = pending[dist.rank::dist.world_size]
+        total = len(manifest)
+        done_before = total - sum(len(store.chunk_rows(c)) for c in pending)
+        if dist.rank == 0:
+            log.info("%s: %d images, %d already done, %d chunks to do over %d process(es); %s, decode %s, "
+                     "%d worker(s)", out, total, done_before, len(pending), dist.world_size, fmt, decode, workers)
+        if mine and stop.signum is None:
+            _run(store, plan, module, dev, mine, batch_size, workers, progress, max_pixels, dist, stop)
+        if stop.signum is not None:  # no barrier: the other ranks stop on their own signal
+            raise Stopped(stop.signum, str(out))
     dist.barrier()
     return out.path or out.url
 
@@ -195,8 +221,11 @@ def _batches(store: Store, chunks: Sequence[int], batch_size: int) -> Iterator[l
 
 
 def _run(store: Store, plan: ExtractionPlan, module: torch.nn.Module, dev: torch.device, chunks: list[int],
-         batch_size: int, workers: int, progress: bool | None, max_pixels: int, dist: Distributed) -> None:
-    """The loop: decoded batches in, pooled statistics out to chunk buffers, chunks to the writer."""
+         batch_size: int, workers: int, progress: bool | None, max_pixels: int, dist: Distributed,
+         stop: StopRequest) -> None:
+    """The loop: decoded batches in, pooled statistics out to chunk buffers, chunks to the writer.
+
+    After a stop request the chunk being filled is dropped and the ones handed to the writer are finished."""
     cuda = dev.type == "cuda"
     if cuda:
         torch.backends.cudnn.benchmark = True
@@ -217,6 +246,9 @@ def _run(store: Store, plan: ExtractionPlan, module: torch.nn.Module, dev: torch
         with torch.no_grad(), Capture(module, list(plan.layers), on_value, plan.post_activation,
                                       plan=plan.layers) as capture:
             for batch in batches:
+                if stop.signum is not None:
+                    current = None  # abandoned: never written, never journaled
+                    break
                 first = batch.rows[0]
                 chunk = first // store.chunk_size
                 if current is None or current.chunk != chunk:
@@ -230,13 +262,14 @@ def _run(store: Store, plan: ExtractionPlan, module: torch.nn.Module, dev: torch
                     capture.run(x)
                 current.put(first - store.chunk_rows(chunk).start, batch_values, batch.ok, batch.reasons)
                 meter.update(len(batch.rows))
-            if current is not None:
+            if current is not None and stop.signum is None:
                 writer.submit(current)
         writer.close()
     except BaseException:
         writer.abort()
         raise
     finally:
+        batches.close()  # the decoding thread or worker processes end here, also after a stop
         meter.close()
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import os
 import queue
+import signal
 import threading
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
@@ -62,7 +63,8 @@ def image_batches(manifest: Manifest, preprocessing, batches: Sequence[Sequence[
         dataset, collate, decoder = ImageDataset(manifest, preprocessing, max_pixels), collate_images, None
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=[list(b) for b in batches], num_workers=workers, collate_fn=collate,
-        pin_memory=cuda, persistent_workers=False, prefetch_factor=4 if workers > 0 else None)
+        pin_memory=cuda, persistent_workers=False, prefetch_factor=4 if workers > 0 else None,
+        worker_init_fn=_leave_signals_to_the_main_process if workers > 0 else None)
     source: Iterable = loader if workers > 0 else in_background(loader, depth=2, idle=not _spare_core(device))
     for item in source:
         if decoder is None:
@@ -71,6 +73,13 @@ def image_batches(manifest: Manifest, preprocessing, batches: Sequence[Sequence[
         else:
             images, ok, reasons = decoder(item)  # already on the device
             yield Batch(item.rows.tolist(), images, ok.numpy(), reasons)
+
+
+def _leave_signals_to_the_main_process(worker_id: int) -> None:
+    """Decoding workers ignore SIGINT/SIGTERM (Ctrl-C and schedulers signal every process of the job): the
+    main process stops gracefully and ends them; they still exit when it dies."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _spare_core(device: torch.device) -> bool:

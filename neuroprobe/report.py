@@ -9,6 +9,7 @@ import pandas as pd
 
 from .analysis import analyze
 from .analysis.opponent import correlation
+from .completeness import mark_figure, mark_table, require_complete
 from .errors import NeuroprobeError
 
 log = logging.getLogger(__name__)
@@ -33,16 +34,19 @@ def report(store: str | Path, out: str | Path, category: str = "dog", *, layers:
            stat: str = "mean", k: int = 9, n: int = 50, threshold: float = 0.65, permutations: int = 1000,
            seed: int = 0, column: str | None = None, mapping=None, normalization: str = "minmax",
            units_per_layer: int = 3, scheduler=None, rdm_by: str | None = None,
-           rdm_method: str = "correlation") -> pd.DataFrame:
+           rdm_method: str = "correlation", allow_incomplete: bool = False) -> pd.DataFrame:
     """Write selectivity.csv, topk.csv, opponent.csv, summary.csv and the figures into ``out``; return the summary.
 
     ``store`` is a folder or an fsspec URL; ``scheduler`` (a dask client or address) runs the analyses on a cluster.
     ``rdm_by``: also rdm_<layer>.csv and .png, the RDM of the category means of that image-table column.
+    An incomplete store is refused unless ``allow_incomplete``; then every CSV has a ``completeness``
+    column and every figure title says how many images it covers.
     """
     import matplotlib.pyplot as plt
 
     from . import plots
 
+    state = require_complete(store, allow_incomplete)
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -50,13 +54,14 @@ def report(store: str | Path, out: str | Path, category: str = "dog", *, layers:
         raise NeuroprobeError(f"cannot write into {out} ({exc.strerror}); choose another --out") from exc
     tables = analyze(store, category, layers=layers, stat=stat, k=k, n=n, column=column, mapping=mapping,
                      normalization=normalization, threshold=threshold, permutations=permutations, seed=seed,
-                     image_columns=True, scheduler=scheduler)
+                     image_columns=True, scheduler=scheduler, allow_incomplete=allow_incomplete)
     for name, frame in tables.items():
         frame.to_csv(out / f"{name}.csv", index=False)
-    summary = summarize(tables, threshold)
+    summary = mark_table(summarize(tables, threshold), state)
     summary.to_csv(out / "summary.csv", index=False)
 
     def save(fig, name: str) -> None:
+        mark_figure(fig, state)
         fig.savefig(out / name, dpi=130)
         plt.close(fig)
 
@@ -74,7 +79,7 @@ def report(store: str | Path, out: str | Path, category: str = "dog", *, layers:
         from .analysis import rdm
 
         for layer in summary["layer"]:
-            matrix = rdm(store, layer, stat, rdm_method, by=rdm_by)
+            matrix = rdm(store, layer, stat, rdm_method, by=rdm_by, allow_incomplete=allow_incomplete)
             matrix.to_pandas().rename_axis(index=rdm_by, columns=None).to_csv(out / f"rdm_{layer}.csv")
             save(plots.rdm_figure(matrix), f"rdm_{layer}.png")
     log.info("report written to %s", out)

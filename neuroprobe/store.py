@@ -14,6 +14,7 @@ journal (one Zarr chunk per entry, so processes never share a file) after its da
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import json
 import logging
 import math
@@ -31,6 +32,7 @@ import zarr
 from .capture import LayerInfo
 from .data import Manifest
 from .errors import NeuroprobeError
+from .integrity import CHUNK_CODECS
 from .location import Location
 from .reduce import STATS
 
@@ -112,16 +114,16 @@ class Store:
                                        "spatial_layers": spatial, "data_root": str(manifest.root),
                                        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
             root.create_array(JOURNAL, shape=(n_chunks,), chunks=(1,), dtype="uint8", fill_value=0,
-                              dimension_names=("chunk",))
+                              dimension_names=("chunk",), compressors=CHUNK_CODECS)
             images = root.create_group(IMAGES)
             for column in manifest.table.columns:
                 values, dtype = _column_array(manifest.table[column])
                 array = images.create_array(str(column), shape=(n,), chunks=(chunk_size,), dtype=dtype,
-                                            dimension_names=("image",))
+                                            dimension_names=("image",), compressors=CHUNK_CODECS)
                 array[:] = values
             for column in ("status", "reason"):
                 images.create_array(column, shape=(n,), chunks=(chunk_size,), dtype=str, fill_value="",
-                                    dimension_names=("image",))
+                                    dimension_names=("image",), compressors=CHUNK_CODECS)
             for name, info in layers.items():
                 group = root.create_group(name)
                 group.attrs.update({"feature_map_shape": list(info.shape), "units": info.units,
@@ -129,12 +131,13 @@ class Store:
                                     "layout": info.layout.describe()})
                 for stat in STATS:
                     group.create_array(stat, shape=(n, info.units), chunks=(chunk_size, info.units), dtype="float32",
-                                       fill_value=np.nan, dimension_names=("image", "unit"))
+                                       fill_value=np.nan, dimension_names=("image", "unit"), compressors=CHUNK_CODECS)
                 if name in spatial:
                     dims = ("image", "unit") + ("y", "x", "z")[: len(info.shape) - 1]
                     block = _spatial_chunk(chunk_size, info.shape)
                     group.create_array(SPATIAL, shape=(n, *info.shape), chunks=(block, *info.shape),
-                                       dtype="float16", fill_value=np.nan, dimension_names=dims)
+                                       dtype="float16", fill_value=np.nan, dimension_names=dims,
+                                       compressors=CHUNK_CODECS)
             with warnings.catch_warnings():  # "consolidated metadata is not in the v3 spec": xarray reads it
                 warnings.simplefilter("ignore")
                 for group_path in ["", IMAGES, *layers]:
@@ -146,6 +149,13 @@ class Store:
                 shutil.rmtree(tmp, ignore_errors=True)
             else:
                 os.replace(tmp, location.path)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST) and location.is_store():
+                raise NeuroprobeError(f"{location} was created by another process at the same moment; run the "
+                                      "command again once that one has finished (it resumes)") from exc
+            fix = WRITE_FIXES.get(exc.errno, "choose another --out")
+            raise NeuroprobeError(f"cannot create {location}: {_why(exc)}; {fix}") from exc
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -173,7 +183,18 @@ class Store:
 
     def write_chunk(self, chunk: int, stats: dict[str, np.ndarray], spatial: dict[str, np.ndarray],
                     ok: np.ndarray, reasons: list[str]) -> None:
-        """Write one image chunk (stats (4, n, units) per layer, as views of the buffer), then mark it done in the journal."""
+        """Write one image chunk (stats (4, n, units) per layer, as views of the buffer), then mark it done in the journal.
+
+        A failed write (disk full, quota, file-size limit, permission, the store removed) raises one line
+        naming the chunk and the fix; the journal entry is written last, so it never claims lost data.
+        """
+        try:
+            self._write_chunk(chunk, stats, spatial, ok, reasons)
+        except OSError as exc:
+            raise NeuroprobeError(write_error(self.location, chunk, self.chunk_rows(chunk), exc)) from exc
+
+    def _write_chunk(self, chunk: int, stats: dict[str, np.ndarray], spatial: dict[str, np.ndarray],
+                     ok: np.ndarray, reasons: list[str]) -> None:
         rows = self.chunk_rows(chunk)
         lo, hi = rows.start, rows.stop
         bad = ~ok
@@ -188,7 +209,57 @@ class Store:
             self._array(f"{name}/{SPATIAL}")[lo:hi] = maps
         self._array(f"{IMAGES}/status")[lo:hi] = np.where(ok, "ok", "error").astype(object)
         self._array(f"{IMAGES}/reason")[lo:hi] = np.asarray(reasons, dtype=object)
+        if not self.location.is_store():  # zarr recreates missing folders: a removed store would lose its metadata
+            raise FileNotFoundError(errno.ENOENT, "the store's folder (its zarr.json) is gone", str(self.location))
         self._array(JOURNAL)[chunk] = 1
+
+    def repair(self, manifest: Manifest | None = None) -> list[int]:
+        """Find chunk files of finished image chunks that do not decode and drop those image chunks from the
+        journal (corrupted journal entries first); returns the image chunks to recompute."""
+        from .integrity import bad_chunks
+
+        redo = {bad.coords[0] for bad in bad_chunks(self, names=lambda name: name == JOURNAL)}
+        self.redo(redo)
+        done = self.done_chunks()
+        if done.any():
+            rows = {r for c in np.flatnonzero(done) for r in self.chunk_rows(int(c))}
+            bad = bad_chunks(self, rows=rows, names=lambda name: name != JOURNAL)
+            for item in bad:
+                log.warning("%s: corrupted chunk %s: recomputing its images", self.location, item.describe())
+            redo |= {r // self.chunk_size for item in bad for r in item.rows if r in rows}
+        self.redo(redo, manifest)
+        return sorted(redo)
+
+    def redo(self, chunks: Iterable[int], manifest: Manifest | None = None) -> None:
+        """Drop ``chunks`` from the journal so that extraction recomputes them; rewrite their manifest columns."""
+        chunks = sorted(set(chunks))
+        for chunk in chunks:
+            self._array(JOURNAL)[chunk] = 0
+            if manifest is not None:
+                rows = self.chunk_rows(chunk)
+                for column in manifest.table.columns:
+                    values, _ = _column_array(manifest.table[column].iloc[rows.start:rows.stop])
+                    self._array(f"{IMAGES}/{column}")[rows.start:rows.stop] = values
+
+
+WRITE_FIXES = {
+    errno.ENOSPC: "free space on that disk or choose another --out",
+    errno.EDQUOT: "free space within your quota or choose another --out",
+    errno.EFBIG: "raise the file-size limit (ulimit -f) or choose another --out",
+    errno.EACCES: "restore write permission on the store",
+    errno.EPERM: "restore write permission on the store",
+    errno.EROFS: "remount the file system read-write or choose another --out",
+    errno.ENOENT: "the store's folder was removed or moved while writing; restore it, or start again with --overwrite",
+}
+
+
+def write_error(location: Location, chunk: int, rows: range, exc: OSError) -> str:
+    """One line for a failed chunk write: the store, the chunk, the OS error and the fix."""
+    fix = WRITE_FIXES.get(exc.errno, "fix the cause")
+    name = errno.errorcode.get(exc.errno, "") if exc.errno else ""
+    return (f"cannot write chunk {chunk} (images {rows.start}-{rows.stop - 1}) of {location}: {_why(exc)}"
+            f"{f' [{name}]' if name else ''}; {fix}, then run the same command again to resume "
+            "(finished chunks are kept, this one was not journaled)")
 
 
 def _why(exc: OSError) -> str:
@@ -250,6 +321,7 @@ def summary(store: str | Path) -> dict[str, Any]:
         "chunks_done": int(done.sum()), "chunks": int(done.size), "layers": layers,
         "capture": attrs.get("capture"), "amp": attrs.get("amp"), "created": attrs.get("created"),
         "decode": attrs.get("decode", "cpu"), "memory_format": attrs.get("memory_format", "contiguous"),
+        "command": attrs.get("command"),
     }
 
 

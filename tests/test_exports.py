@@ -12,6 +12,7 @@ import pytest
 import xarray as xr
 import zarr
 
+from neuroprobe.errors import NeuroprobeError
 from neuroprobe.analysis import rdm
 from neuroprobe.cli import main
 from neuroprobe.exports import export
@@ -144,12 +145,19 @@ def test_target_in_missing_folder(store, capsys):
 
 
 def test_rows_not_extracted_yet_are_left_out_like_unreadable_ones(tmp_path, caplog):
-    """A store whose chunk 1 (rows 7-13) was never written: every export and the RDM skip those rows alike."""
+    """A store whose chunk 1 (rows 7-13) was never written is refused; with allow_incomplete, every export and the
+    RDM skip those rows alike."""
     path, table, values, _, failed = synthetic(tmp_path / "partial.zarr", chunks=[0, 2, 3, 4, 5])
+    with pytest.raises(NeuroprobeError, match="33 of 40 images done"):
+        export(path, tmp_path / "refused.nc", "brainscore")
+    with pytest.raises(NeuroprobeError, match="incomplete"):
+        rdm(path, "fc")
     kept = ~failed
     kept[7:14] = False
-    assembly = xr.open_dataarray(export(path, tmp_path / "a.nc", "brainscore", spatial=False))
+    assembly = xr.open_dataarray(export(path, tmp_path / "a.nc", "brainscore", spatial=False, allow_incomplete=True))
     np.testing.assert_array_equal(assembly.image.values, np.flatnonzero(kept))
     np.testing.assert_array_equal(assembly.values, np.hstack([values["conv"]["mean"], values["fc"]["mean"]])[kept])
     assert "leaving out 2 unreadable and 7 not yet extracted images (of 40)" in caplog.text
-    np.testing.assert_array_equal(rdm(path, "fc")["image"].values, np.flatnonzero(kept))
+    partial = rdm(path, "fc", allow_incomplete=True)
+    np.testing.assert_array_equal(partial["image"].values, np.flatnonzero(kept))
+    assert partial.attrs["completeness"] == "incomplete store: 33 of 40 images"

@@ -14,6 +14,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from ..completeness import mark_table, require_complete
+from ..integrity import readable
 from ..store import read_images
 from .categories import category_membership, class_labels
 from .dask_scan import dask_client, scan_dask
@@ -32,17 +34,21 @@ def analyze(store: str | Path, category: str = "dog", *, layers: Sequence[str] |
             classes: str | None = "class_index", normalization: str = "minmax", eps: float = 1e-6,
             threshold: float = 0.65, permutations: int = 1000, seed: int = 0,
             criteria: Sequence[tuple[str, str]] = DEFAULT_CRITERIA, image_columns: bool = False,
-            parts: Sequence[str] = PARTS, scheduler: Any = None) -> dict[str, pd.DataFrame]:
+            parts: Sequence[str] = PARTS, scheduler: Any = None,
+            allow_incomplete: bool = False) -> dict[str, pd.DataFrame]:
     """Selectivity, top/bottom-K and opponent tables for ``layers`` of ``store`` in one pass per layer.
 
     See :mod:`neuroprobe.analysis.selectivity` for the indices and their normalization.
     ``image_columns=True`` joins the image table's columns onto the top-K rows. ``scheduler``: a
     ``distributed.Client`` or a scheduler address; the blocks are then read and reduced on its workers
     (:mod:`neuroprobe.analysis.dask_scan`), with tables equal to the single-process ones.
+    An incomplete store (a killed extraction) is refused unless ``allow_incomplete``; then only its
+    finished images are analysed and every table carries a ``completeness`` column.
     """
     unknown = set(parts) - set(PARTS)
     if unknown:
         raise ValueError(f"unknown parts {sorted(unknown)}; choose from {PARTS}")
+    state = require_complete(store, allow_incomplete)
     images = read_images(store)
     needs_category = "selectivity" in parts or "opponent" in parts
     membership = category_membership(images, category, column, mapping) if needs_category else None
@@ -64,6 +70,7 @@ def analyze(store: str | Path, category: str = "dog", *, layers: Sequence[str] |
         return made
 
     with contextlib.ExitStack() as stack:
+        stack.enter_context(readable(store))  # a chunk that does not decode: one line naming it
         client = stack.enter_context(dask_client(scheduler)) if scheduler is not None else None
         for layer in layer_names(store, layers):
             if client is None:
@@ -76,7 +83,7 @@ def analyze(store: str | Path, category: str = "dog", *, layers: Sequence[str] |
     out = {part: pd.concat(f, ignore_index=True) for part, f in frames.items()}
     if image_columns and "topk" in out:
         out["topk"] = out["topk"].join(images, on="image")
-    return out
+    return {part: mark_table(frame, state) for part, frame in out.items()}
 
 
 def selectivity(store: str | Path, category: str = "dog", **options) -> pd.DataFrame:

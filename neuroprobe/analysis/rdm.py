@@ -102,7 +102,8 @@ def _category_means(store, layer, stat, keep, codes, k) -> np.ndarray:
 
 
 def rdm(store: str | Path, layer: str, stat: str = "mean", method: str = "correlation", by: str | None = None, *,
-        out: str | Path | None = None, memory: int = 1 << 30, max_bytes: int = 2 << 30) -> "xarray.DataArray":
+        out: str | Path | None = None, memory: int = 1 << 30, max_bytes: int = 2 << 30,
+        allow_incomplete: bool = False) -> "xarray.DataArray":
     """The RDM of ``layer`` as an ``xarray.DataArray`` (dims ``condition_a`` x ``condition_b``).
 
     Conditions: the readable images in store order (coordinates: ``image`` = store row and the image
@@ -110,10 +111,15 @@ def rdm(store: str | Path, layer: str, stat: str = "mean", method: str = "correl
     the label and ``n_images``), each the mean pattern of its images. ``out``: a Zarr store to write the
     float32 matrix into (returned lazily); without it the float64 matrix is returned in memory, up to
     ``max_bytes``. ``memory``: bytes of prepared blocks kept between tiles (more: fewer re-reads).
+    An incomplete store is refused unless ``allow_incomplete`` (the RDM's ``completeness`` attribute then
+    says how many images it covers).
     """
     import xarray as xr
 
+    from ..completeness import require_complete
     from ..reduce import STATS
+
+    state = require_complete(store, allow_incomplete)
 
     if method not in METHODS:
         raise NeuroprobeError(f"unknown RDM method '{method}'; choose one of {', '.join(METHODS)}")
@@ -139,7 +145,7 @@ def rdm(store: str | Path, layer: str, stat: str = "mean", method: str = "correl
         np.fill_diagonal(tile, 0.0)
         _write(target, 0, 0, tile)
     attrs = {"layer": layer, "stat": stat, "method": method, "definition": DEFINITIONS[method], "by": by or "",
-             "units": units}
+             "units": units, **({} if state.complete else {"completeness": state.label})}
     if out is not None:
         group = zarr.open_group(str(out), mode="r+")
         group["dissimilarity"].attrs.update(attrs)

@@ -43,12 +43,16 @@ def model_of(store: str | Path) -> LoadedModel:
 
 
 def verify(store: str | Path, topk: pd.DataFrame, *, model: LoadedModel | None = None, rtol: float = 1e-3,
-           atol: float = 1e-4, batch_size: int = 32, device: str | None = None) -> pd.DataFrame:
+           atol: float = 1e-4, batch_size: int = 32, device: str | None = None,
+           allow_incomplete: bool = False) -> pd.DataFrame:
     """For each row of a top-K table: stored value, recomputed value, and whether they agree.
 
     Tolerances default to what float32 runs on different batch sizes or devices leave; a store made
-    under ``--amp`` is recomputed under the same autocast.
+    under ``--amp`` is recomputed under the same autocast. An incomplete store is refused unless ``allow_incomplete``.
     """
+    from ..completeness import mark_table, require_complete
+
+    state = require_complete(store, allow_incomplete)
     attrs = dict(open_group(store).attrs)
     model = model or model_of(store)
     images = read_images(store)
@@ -67,4 +71,4 @@ def verify(store: str | Path, topk: pd.DataFrame, *, model: LoadedModel | None =
     out["recomputed"] = recomputed
     out["abs_diff"] = np.abs(out["value"] - recomputed)
     out["agrees"] = np.isclose(out["value"], recomputed, rtol=rtol, atol=atol)
-    return out
+    return mark_table(out, state)

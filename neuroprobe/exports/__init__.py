@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from ..completeness import require_complete
 from ..errors import NeuroprobeError
 from ..store import export_hdf5
 from .brainscore import export_brainscore
@@ -19,11 +20,13 @@ FORMATS = ("hdf5", "netcdf", "rsatoolbox", "brainscore")
 
 
 def export(store: str | Path, target: str | Path, to: str = "hdf5", *, layers: Sequence[str] | None = None,
-           stat: str | None = None, spatial: bool = True, id_column: str | None = None) -> Path:
+           stat: str | None = None, spatial: bool = True, id_column: str | None = None,
+           allow_incomplete: bool = False) -> Path:
     """Write ``store`` to ``target`` in format ``to`` (one of FORMATS); see each ``export_*`` function.
 
     ``stat``: the pooled statistic (rsatoolbox, brainscore: default mean; netcdf: default all four).
     ``spatial`` (brainscore): neuroids per map position for layers whose spatial maps are stored.
+    An incomplete store is refused (``hdf5`` copies it as it is) unless ``allow_incomplete``.
     """
     if to not in FORMATS:
         raise NeuroprobeError(f"unknown export format '{to}'; choose one of {', '.join(FORMATS)} (--to)")
@@ -32,6 +35,7 @@ def export(store: str | Path, target: str | Path, to: str = "hdf5", *, layers: S
             raise NeuroprobeError("--to hdf5 copies the whole store; --layers, --stat and --id-column apply to "
                                   "netcdf, rsatoolbox and brainscore")
         return export_hdf5(store, target)
+    require_complete(store, allow_incomplete)
     if to == "netcdf":
         return export_netcdf(store, target, layers=layers, stat=stat, id_column=id_column)
     if to == "rsatoolbox":

@@ -140,16 +140,23 @@ def top_k_images(model: LoadedModel, images: torch.Tensor, layer: str, k: int = 
 
 
 def receptive_fields_from_store(store: str | Path, layer: str, *, k: int = 10, units: Sequence[int] | None = None,
-                                model: LoadedModel | None = None, **options) -> EmpiricalReceptiveFields:
-    """Empirical RFs of a store's units from their top-K images by spatial maximum (the store's ``max``)."""
+                                model: LoadedModel | None = None, allow_incomplete: bool = False,
+                                **options) -> EmpiricalReceptiveFields:
+    """Empirical RFs of a store's units from their top-K images by spatial maximum (the store's ``max``).
+
+    An incomplete store is refused unless ``allow_incomplete`` (its tables then carry a ``completeness`` column)."""
     from ..analysis import top_images
     from ..analysis.verify import model_of
     from ..data import ImageDataset, Manifest
     from ..location import open_group
     from ..store import read_images
 
+    from ..completeness import mark_table, require_complete
+
+    state = require_complete(store, allow_incomplete)
     model = model or model_of(store)
-    top = top_images(store, k=k, layers=[layer], criteria=(("max", "top"),))
+    top = top_images(store, k=k, layers=[layer], criteria=(("max", "top"),), allow_incomplete=allow_incomplete)
+    top = top.drop(columns="completeness", errors="ignore")
     if units is not None:
         top = top[top["unit"].isin(list(units))]
     if top.empty:
@@ -167,4 +174,5 @@ def receptive_fields_from_store(store: str | Path, layer: str, *, k: int = 10, u
     result = empirical_receptive_fields(model, images, layer, local, **options)
     store_rows = result.top["store_image"].to_numpy()
     result.top = result.top.assign(image=store_rows, path=table["path"].to_numpy()[store_rows]).drop(columns="store_image")
+    result.top, result.table = mark_table(result.top, state), mark_table(result.table, state)
     return result

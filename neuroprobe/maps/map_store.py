@@ -17,6 +17,7 @@ import zarr
 
 from ..data import Manifest
 from ..errors import NeuroprobeError
+from ..integrity import CHUNK_CODECS
 from ..location import Location
 
 
@@ -60,13 +61,16 @@ def open_map_store(out: str | Path | Location, kind: str, settings: dict, manife
     n = len(manifest)
     for name, spec in arrays.items():
         group.create_array(name, shape=(n, *spec.shape), chunks=(rows_per_chunk, *spec.shape), dtype=spec.dtype,
-                           fill_value=spec.fill, dimension_names=("image", *spec.dims))
+                           fill_value=spec.fill, dimension_names=("image", *spec.dims), compressors=CHUNK_CODECS)
     group.create_array("done", shape=(n,), chunks=(rows_per_chunk,), dtype="bool", fill_value=False,
-                       dimension_names=("image",))
+                       dimension_names=("image",), compressors=CHUNK_CODECS)
     images = group.create_group("images")
-    images.create_array("path", shape=(n,), dtype=str)[:] = manifest.table["path"].astype(str).to_numpy(dtype=object)
-    images.create_array("status", shape=(n,), chunks=(rows_per_chunk,), dtype=str, fill_value="pending")
-    images.create_array("reason", shape=(n,), chunks=(rows_per_chunk,), dtype=str, fill_value="")
+    images.create_array("path", shape=(n,), dtype=str,
+                        compressors=CHUNK_CODECS)[:] = manifest.table["path"].astype(str).to_numpy(dtype=object)
+    images.create_array("status", shape=(n,), chunks=(rows_per_chunk,), dtype=str, fill_value="pending",
+                        compressors=CHUNK_CODECS)
+    images.create_array("reason", shape=(n,), chunks=(rows_per_chunk,), dtype=str, fill_value="",
+                        compressors=CHUNK_CODECS)
     return group
 
 

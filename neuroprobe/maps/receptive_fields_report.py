@@ -16,9 +16,14 @@ log = logging.getLogger(__name__)
 
 
 def rf_report(store: str | Path, layers: Sequence[str], out: str | Path, *, k: int = 10,
-              units: Sequence[int] | None = None, **options) -> pd.DataFrame:
-    """Measure every layer's units (see :func:`receptive_fields_from_store`), save tables and figures."""
+              units: Sequence[int] | None = None, allow_incomplete: bool = False, **options) -> pd.DataFrame:
+    """Measure every layer's units (see :func:`receptive_fields_from_store`), save tables and figures.
+
+    An incomplete store is refused unless ``allow_incomplete`` (then tables and titles say so)."""
     from ..analysis.verify import model_of
+    from ..completeness import mark_figure, mark_table, require_complete
+
+    state = require_complete(store, allow_incomplete)
 
     out = Path(out)
     try:
@@ -29,16 +34,17 @@ def rf_report(store: str | Path, layers: Sequence[str], out: str | Path, *, k: i
     tables, tops = [], []
     for layer in layers:
         log.info("layer %s: empirical receptive fields from the top-%d images", layer, k)
-        fields = receptive_fields_from_store(store, layer, k=k, units=units, model=model, **options)
+        fields = receptive_fields_from_store(store, layer, k=k, units=units, model=model,
+                                             allow_incomplete=allow_incomplete, **options)
         tables.append(fields.table)
         tops.append(fields.top)
-        figure = receptive_field_figure(fields)
+        figure = mark_figure(receptive_field_figure(fields), state)
         figure.savefig(out / f"rf_{layer}.png", dpi=120)
         plt.close(figure)
-    table = pd.concat(tables, ignore_index=True)
+    table = mark_table(pd.concat(tables, ignore_index=True), state)
     table.to_csv(out / "rf.csv", index=False)
-    pd.concat(tops, ignore_index=True).to_csv(out / "top_images.csv", index=False)
-    figure = rf_size_by_depth(table)
+    mark_table(pd.concat(tops, ignore_index=True), state).to_csv(out / "top_images.csv", index=False)
+    figure = mark_figure(rf_size_by_depth(table), state)
     figure.savefig(out / "rf_size_by_depth.png", dpi=120)
     plt.close(figure)
     return table

@@ -54,6 +54,9 @@ def add_commands(sub, model_args) -> None:
                                    "the centre -> oracle gap closed), accuracy.png and dorsal_maps.png.")
     p.add_argument("--likelihood", required=True, help="a likelihood store made by 'search' (DIR/likelihood.zarr, or DIR)")
     p.add_argument("--data", required=True, help="the image table the store was made from")
+    p.add_argument("--allow-incomplete", action="store_true",
+                   help="use a likelihood store whose 'search' did not finish (its finished images only; tables "
+                        "and figure titles say so)")
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds (default: %(default)s)")
     p.add_argument("--saccades", type=int, default=3,
                    help="at most this many saccades for the evidence-accumulating policies (default: %(default)s)")
@@ -98,7 +101,8 @@ def _saccade(args) -> int:
         store = store / "likelihood.zarr"
     summary = saccade_report(store, args.data, args.out, folds=args.folds, seed=args.seed, count=args.saccades,
                              candidates=args.candidates, glimpse=args.glimpse, device=args.device,
-                             training=DorsalTraining(epochs=args.epochs, target=args.target, seed=args.seed))
+                             training=DorsalTraining(epochs=args.epochs, target=args.target, seed=args.seed),
+                             allow_incomplete=args.allow_incomplete)
     print(f"active vision, {args.folds}-fold cross-validated, {summary.n.max()} images (accuracy, 95% interval; "
           "difference from the centre view):")
     for row in summary.itertuples():

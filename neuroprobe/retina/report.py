@@ -28,7 +28,11 @@ log = logging.getLogger(__name__)
 METHOD_NAMES = {"gradcam": "Grad-CAM", "dff": "DFF"}
 
 
-def _save(fig: plt.Figure, path: Path) -> None:
+def _save(fig: plt.Figure, path: Path, state=None) -> None:
+    if state is not None:
+        from ..completeness import mark_figure
+
+        mark_figure(fig, state)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -131,15 +135,20 @@ def paired_difference(a: np.ndarray, b: np.ndarray, z: float = 1.959964) -> tupl
 def saccade_report(likelihood: str | Path, data: str | Path | Manifest, out: str | Path, *, folds: int = 5,
                    seed: int = 0, count: int = 3, candidates: int = 5, glimpse: int = 64,
                    training: DorsalTraining | None = None, batch_size: int = 32, device: str | None = None,
-                   examples: int = 4) -> pd.DataFrame:
+                   examples: int = 4, allow_incomplete: bool = False) -> pd.DataFrame:
     """Cross-validated dorsal networks on a likelihood store and the active-vision evaluation; returns the summary.
+
+    An incomplete likelihood store is refused unless ``allow_incomplete`` (tables and titles then say so).
 
     Writes dorsal_fold<k>.pt (``weights_only`` loadable), active_vision.csv (per image and policy),
     summary.csv (accuracy, 95% interval, difference from the centre view with its interval, share of the
     centre -> oracle gap closed) and figures.
     """
     out = Path(out)
-    store = LikelihoodStore.open(likelihood)
+    from ..completeness import mark_figure, mark_table, require_complete
+
+    store = LikelihoodStore.open(likelihood)  # one line for a path that is not a likelihood store
+    state = require_complete(likelihood, allow_incomplete)
     manifest = data if isinstance(data, Manifest) else read_manifest(data)
     if manifest.fingerprint() != store.settings["data"]:
         raise NeuroprobeError(f"--data is not the image table {likelihood} was made from; pass that table")
@@ -173,12 +182,13 @@ def saccade_report(likelihood: str | Path, data: str | Path | Manifest, out: str
                                                                "held_out": usable[fold == k].tolist()})
     table = _evaluate(group, usable, labels, logits, targets.numpy(), fold, centre, count, candidates, seed)
     table.insert(1, "path", images["path"].to_numpy()[table["image"].to_numpy()])
-    table.to_csv(out / "active_vision.csv", index=False)
     summary = _summary(table)
+    mark_table(table, state).to_csv(out / "active_vision.csv", index=False)
+    summary = mark_table(summary, state)
     summary.to_csv(out / "summary.csv", index=False)
     _save(accuracy_figure(summary, names={}, title=f"active vision, {folds}-fold cross-validated, "
                                                     f"{len(usable)} images, {fixations.layout} layout"),
-          out / "accuracy.png")
+          out / "accuracy.png", state)
     shown = usable[:examples]
     source = settings.source(backbone.preprocessing)
     pictures = [source.to_uint8(_load(manifest, int(r))).permute(1, 2, 0).numpy() for r in shown]
@@ -187,7 +197,7 @@ def saccade_report(likelihood: str | Path, data: str | Path | Manifest, out: str
                         [int(dorsal_rows.at[r, "fixation_1"]) for r in shown],
                         [f"{Path(images['path'].iat[r]).name} (fold {fold[i]})" for i, r in enumerate(shown)],
                         kind=settings.kind),
-          out / "dorsal_maps.png")
+          out / "dorsal_maps.png", state)
     return summary
 
 

@@ -50,6 +50,9 @@ def add_commands(sub, model_args) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="images optimized together (default: %(default)s)")
     p.add_argument("--k", type=int, default=6, help="natural images per row of the unit figures (default: %(default)s)")
     p.add_argument("--store", default=None, help="store of natural images of the same model and layer")
+    p.add_argument("--allow-incomplete", action="store_true",
+                   help="accept a --store whose extraction did not finish (its finished images only; tables and "
+                        "figure titles say so)")
     p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when present)")
     p.add_argument("--out", required=True, help="folder for the images, table and figures")
 
@@ -63,7 +66,8 @@ def _visualize(args) -> int:
                         weights=args.weights, store=args.store, direction=args.direction, objective=args.objective,
                         param=args.param, steps=args.steps, size=args.size, lr=args.lr,
                         transforms=not args.no_transforms, spectrum_images=args.spectrum_images, seed=args.seed,
-                        batch_size=args.batch_size, k=args.k, device=args.device)
+                        batch_size=args.batch_size, k=args.k, device=args.device,
+                        allow_incomplete=args.allow_incomplete)
     table = vis.table
     seconds = table.attrs["seconds"]
     print(f"{len(table)} images of {args.layer} in {seconds:.1f} s ({seconds / len(table):.2f} s per image)")

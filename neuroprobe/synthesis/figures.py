@@ -44,7 +44,12 @@ def unit_figures(vis: Visualization, store: str | Path, out: str | Path, k: int 
     layer, objective = vis.table["layer"].iat[0], vis.table["objective"].iat[0]
     top, bottom = ("max", "min") if objective == "max" else ("mean", "mean")
     units = sorted(set(vis.table["unit"]))
-    topk = top_images(store, k=k, layers=[layer], criteria=((top, "top"), (bottom, "bottom")))
+    from ..completeness import COLUMN, completeness, mark_figure
+
+    allow_incomplete = COLUMN in vis.table  # visualize() accepted an incomplete store
+    state = completeness(store)
+    topk = top_images(store, k=k, layers=[layer], criteria=((top, "top"), (bottom, "bottom")),
+                      allow_incomplete=allow_incomplete)
     paths = []
     for unit in units:
         made = {}
@@ -54,6 +59,7 @@ def unit_figures(vis: Visualization, store: str | Path, out: str | Path, k: int 
                 made[side] = (vis.images[i], entry.activation, f"manufactured ({entry.direction})")
         fig = unit_images(store, topk[topk["unit"] == unit], layer, unit, k=k, top=top, bottom=bottom,
                           manufactured=made)
+        mark_figure(fig, state)
         paths.append(out / f"unit{unit:04d}.png")
         fig.savefig(paths[-1], dpi=100)
         plt.close(fig)

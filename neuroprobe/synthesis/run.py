@@ -82,7 +82,12 @@ def visualize_run(out: str | Path, *, layer: str, units: Sequence[int], model: s
         files.append(f"images/unit{entry.unit:04d}_{entry.direction}.png")
         Image.fromarray(vis.images[i].permute(1, 2, 0).numpy()).save(out / files[-1])
     vis.table.assign(file=files).to_csv(out / "visualize.csv", index=False)
-    layer_grid(vis).savefig(out / "grid.png", dpi=100)
+    if store is not None:
+        from ..completeness import completeness, mark_figure
+
+        mark_figure(layer_grid(vis), completeness(store)).savefig(out / "grid.png", dpi=100)
+    else:
+        layer_grid(vis).savefig(out / "grid.png", dpi=100)
     plt.close("all")
     if store is not None:
         unit_figures(vis, store, out / "units", k=k)

@@ -103,10 +103,13 @@ def _normalize(model: LoadedModel, x: torch.Tensor) -> torch.Tensor:
 
 
 def natural_extremes(store: str | Path, layer: str, units: Sequence[int], directions: Sequence[str],
-                     objective: str) -> np.ndarray:
+                     objective: str, allow_incomplete: bool = False) -> np.ndarray:
     """Per image of a call: the unit's strongest natural response of the same statistic in a store (NaN for
-    ``center``, which a store does not hold)."""
+    ``center``, which a store does not hold); an incomplete store is refused unless ``allow_incomplete``."""
+    from ..completeness import require_complete
     from ..store import open_layer
+
+    require_complete(store, allow_incomplete)
 
     if objective == "center":
         return np.full(len(units), np.nan)
@@ -138,7 +141,8 @@ def visualize(model: str | LoadedModel, layer: str, units: Sequence[int], *, dir
               objective: str = "mean", param: str = "fft", steps: int = 256, size: int | None = None,
               transforms: Transforms | None = None, seed: int = 0, lr: float | None = None,
               spectrum: torch.Tensor | None = None, store: str | Path | None = None, batch_size: int = 64,
-              redirect: bool = True, weights: str | None = None, device: str | None = None) -> Visualization:
+              redirect: bool = True, weights: str | None = None, device: str | None = None,
+              allow_incomplete: bool = False) -> Visualization:
     """One manufactured image per unit (and per direction for ``both``); see the module doc.
 
     ``param``: fft (default), maco (needs ``spectrum``, :func:`~neuroprobe.synthesis.params.natural_spectrum`)
@@ -147,6 +151,7 @@ def visualize(model: str | LoadedModel, layer: str, units: Sequence[int], *, dir
     the fraction of the strongest natural response. ``redirect``: Lucid's redirected gradient through
     ReLU-like clamps for an image whose exact gradient is zero (a grey start can switch off every path to
     a unit), during the first max(16, steps / 8) steps; the objective and the measured activation are unchanged.
+    An incomplete ``store`` is refused unless ``allow_incomplete`` (the table then has a ``completeness`` column).
     """
     if direction not in DIRECTIONS:
         raise NeuroprobeError(f"--direction must be one of {', '.join(DIRECTIONS)}, not '{direction}'")
@@ -158,7 +163,10 @@ def visualize(model: str | LoadedModel, layer: str, units: Sequence[int], *, dir
         raise NeuroprobeError("give at least one unit")
     loaded = model if isinstance(model, LoadedModel) else load_model(model, weights)
     if store is not None:
+        from ..completeness import require_complete
+
         _check_same_model(store, loaded)
+        state = require_complete(store, allow_incomplete)
     dev = resolve_device(device)
     module = loaded.module.to(dev).eval()
     size = size or loaded.preprocessing.crop
@@ -191,10 +199,15 @@ def visualize(model: str | LoadedModel, layer: str, units: Sequence[int], *, dir
                           "seed": [unit_seed(seed, u, d) for u, d in jobs],
                           "activation": torch.cat(reached).double().numpy()})
     if store is not None:
-        table["natural"] = natural_extremes(store, layer, [u for u, _ in jobs], [d for _, d in jobs], objective)
+        table["natural"] = natural_extremes(store, layer, [u for u, _ in jobs], [d for _, d in jobs], objective,
+                                            allow_incomplete=allow_incomplete)
         sign = np.where(table["direction"] == "max", 1.0, -1.0)
         # a fraction of the strongest photo only means something when that photo pushes the unit the same way
         table["fraction"] = np.where(sign * table["natural"] > 0, table["activation"] / table["natural"], np.nan)
+    if store is not None:
+        from ..completeness import mark_table
+
+        table = mark_table(table, state)
     table.attrs.update(seconds=seconds, steps=steps, size=size, lr=lr, model=loaded.name)
     log.info("%d images of %s in %.1f s (%.3f s per image)", len(jobs), layer, seconds, seconds / len(jobs))
     return Visualization(torch.cat(images), table, np.concatenate(traces))
