@@ -249,7 +249,7 @@ WRITE_FIXES = {
     errno.EACCES: "restore write permission on the store",
     errno.EPERM: "restore write permission on the store",
     errno.EROFS: "remount the file system read-write or choose another --out",
-    errno.ENOENT: "the store's folder was removed or moved while writing; restore it, or start again with --overwrite",
+    errno.ENOENT: "the store's folder was removed or moved while writing; restore it, or delete what is left of it and run the same command again",
 }
 
 
