@@ -23,8 +23,8 @@ from scipy import stats
 
 from neuroprobe.attention import HarmonizationLoss
 from neuroprobe.attention.alignment import spearman_rows
-from neuroprobe.malloc import keep_freed_memory
-from neuroprobe.models import load_model
+from neuroprobe.engine.malloc import keep_freed_memory
+from neuroprobe.models.loading import load_model
 
 
 def maps(n: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -104,7 +104,7 @@ def store_spec(images: int, units: int, seed: int) -> dict[str, Any]:
 
 def open_matching(path: Path, spec: dict[str, Any]):
     """The existing store at ``path`` when it was made with ``spec`` (complete or not), else None."""
-    from neuroprobe.store import Store
+    from neuroprobe.store.layout import Store
 
     if not (path / "zarr.json").exists():
         return None
@@ -120,9 +120,9 @@ def build_store(path: Path, images: int, units: int, seed: int, rebuild: bool) -
 
     Chunks are generated in a helper thread while the previous one is written (both release the GIL).
     """
-    from neuroprobe.capture import LayerInfo
+    from neuroprobe.models.capture import LayerInfo
     from neuroprobe.data import Manifest
-    from neuroprobe.store import DEFAULT_CHUNK, Store
+    from neuroprobe.store.layout import DEFAULT_CHUNK, Store
 
     spec = store_spec(images, units, seed)
     store = None if rebuild else open_matching(path, spec)

@@ -41,7 +41,7 @@ perception, which make 10-11 passes per call, only in the first ``--slow-repeats
 Reported: best and median wall img/s, img/s by process CPU time (all threads; ``time.process_time``)
 of the best round, time / forward and time / floor, and for each peer the speed-up of neuroprobe (peer time / neuroprobe time, best rounds;
 by wall and by CPU time). Times are wall-clock ``time.perf_counter`` with ``torch.cuda.synchronize``
-at both ends on CUDA. On CPU ``neuroprobe.malloc.keep_freed_memory()`` (the CLI's start-up mallopt) is
+at both ends on CUDA. On CPU ``neuroprobe.engine.malloc.keep_freed_memory()`` (the CLI's start-up mallopt) is
 called first, so every contender runs under the same glibc malloc setting (NEUROPROBE_NO_MALLOPT=1 to
 measure without).
 
@@ -357,7 +357,7 @@ def dff_agreement(theirs, model, x, args) -> str:
     import torch
     from scipy.optimize import linear_sum_assignment
 
-    from neuroprobe.capture import Capture
+    from neuroprobe.models.capture import Capture
     from neuroprobe.maps.dff import factorize
 
     fact = factorize(model, x, LAYER, args.concepts)              # the same call dff() makes (seed 0)
@@ -538,7 +538,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from neuroprobe import load_model
-    from neuroprobe.malloc import keep_freed_memory
+    from neuroprobe.engine.malloc import keep_freed_memory
 
     warnings.filterwarnings("ignore")          # Captum's GuidedBackprop / scikit-learn convergence warnings
     device = torch.device(args.device)
@@ -546,7 +546,7 @@ def main(argv: list[str] | None = None) -> None:
         device = torch.device("cuda", 0)
     if device.type == "cpu":
         applied = keep_freed_memory()
-        malloc = ("neuroprobe.malloc.keep_freed_memory() applied at start (mallopt: mmap off, trim threshold "
+        malloc = ("neuroprobe.engine.malloc.keep_freed_memory() applied at start (mallopt: mmap off, trim threshold "
                   "2 GiB)" if applied else
                   "keep_freed_memory() NOT applied (NEUROPROBE_NO_MALLOPT set or not glibc): default glibc")
     else:

@@ -42,7 +42,7 @@ Malloc settings (each runs in fresh worker processes, all contenders alike):
 * ``default``: glibc as it comes (MALLOC_* removed from the environment, NEUROPROBE_NO_MALLOPT=1);
 * ``kept``: ``MALLOC_MMAP_THRESHOLD_=4 GiB`` and ``MALLOC_TRIM_THRESHOLD_=64 GiB`` in the environment,
   so freed activation buffers stay in the heap instead of going back to the OS;
-* ``mallopt``: no variables, but ``neuroprobe.malloc.keep_freed_memory()`` (what ``extract()`` calls
+* ``mallopt``: no variables, but ``neuroprobe.engine.malloc.keep_freed_memory()`` (what ``extract()`` calls
   on the CPU) is called first thing in every worker process.
 
 thingsvision, two ways:
@@ -103,7 +103,7 @@ MALLOC_SETTINGS = ("kept", "mallopt", "default")
 MALLOC_LABELS = {
     "default": "default glibc",
     "kept": "kept: env MALLOC_MMAP_THRESHOLD_=4GiB MALLOC_TRIM_THRESHOLD_=64GiB",
-    "mallopt": "kept: neuroprobe.malloc.keep_freed_memory() (mallopt), no env",
+    "mallopt": "kept: neuroprobe.engine.malloc.keep_freed_memory() (mallopt), no env",
 }
 FORMATS = ("contiguous", "channels_last")
 CHECK_IMAGES = 4  # images whose pooled values are compared between neuroprobe and thingsvision
@@ -263,7 +263,7 @@ def neuroprobe_workers(cfg: Config, device) -> int:
     if cfg.workers is not None:
         return cfg.workers
     try:
-        from neuroprobe.device import default_workers
+        from neuroprobe.engine.device import default_workers
     except ImportError:  # an older neuroprobe: its default was 0
         return 0
     return default_workers(device)
@@ -272,7 +272,7 @@ def neuroprobe_workers(cfg: Config, device) -> int:
 def neuroprobe_format(module, requested: str) -> str:
     """The memory format neuroprobe runs ``module`` in for ``requested`` (auto resolved as the library does)."""
     try:
-        from neuroprobe.device import choose_memory_format
+        from neuroprobe.engine.device import choose_memory_format
     except ImportError:
         return "contiguous" if requested == "auto" else requested
     return choose_memory_format(module, requested)
@@ -338,8 +338,8 @@ def loaded_device(loaded):
 def post_activation_check(loaded, manifest, layers: list[str], cfg: Config) -> dict:
     """neuroprobe's post-activation capture (what thingsvision hooks) of the first images, pooled: mean and max."""
     from neuroprobe.data import Manifest
-    from neuroprobe.extract import pool_images
-    from neuroprobe.reduce import STATS
+    from neuroprobe.engine.extract import pool_images
+    from neuroprobe.engine.reduce import STATS
 
     first = Manifest(manifest.table.iloc[:CHECK_IMAGES].reset_index(drop=True), manifest.root)
     pooled = pool_images(loaded, first, layers, post_activation=True, batch_size=CHECK_IMAGES, device=cfg.device)
@@ -611,7 +611,7 @@ def worker_main(role: str, cfg_json: str, out: str) -> int:
     cfg = Config(**json.loads(cfg_json))
     result: dict = {"malloc_applied": None}
     if cfg.malloc == "mallopt":
-        from neuroprobe.malloc import keep_freed_memory
+        from neuroprobe.engine.malloc import keep_freed_memory
 
         result["malloc_applied"] = keep_freed_memory()
     result |= WORKERS[role](cfg)

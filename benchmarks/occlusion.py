@@ -33,7 +33,7 @@ Every contender is warmed up once right before it is timed, on a small subset (a
 batch for the floor; the image's top-left corner for Captum). Times are wall-clock (``time.perf_counter``, with
 ``torch.cuda.synchronize`` around each timed region on CUDA); the process CPU time is shown beside
 them (CPU s / wall s well below the thread count means other processes took the cores). On CPU,
-``neuroprobe.malloc.keep_freed_memory()`` (what the CLI calls at start-up) is called first, so all
+``neuroprobe.engine.malloc.keep_freed_memory()`` (what the CLI calls at start-up) is called first, so all
 contenders run under the same glibc malloc setting (NEUROPROBE_NO_MALLOPT=1 to measure without).
 
 Examples (the full run is about seven sweeps' worth of 224 px forward passes, ~15-20 min at 1 thread on
@@ -82,7 +82,7 @@ def build_model(size: int):
     import torch
     from torchvision.models import resnet18
 
-    from neuroprobe.models import LoadedModel, Preprocessing
+    from neuroprobe.models.loading import LoadedModel, Preprocessing
 
     torch.manual_seed(0)
     module = resnet18().eval()
@@ -434,7 +434,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     import torch
 
-    from neuroprobe.malloc import keep_freed_memory
+    from neuroprobe.engine.malloc import keep_freed_memory
     from neuroprobe.maps.occlusion import occluder_positions
 
     device = torch.device(args.device)
@@ -442,7 +442,7 @@ def main(argv: list[str] | None = None) -> None:
         device = torch.device("cuda", 0)
     if device.type == "cpu":
         applied = keep_freed_memory()
-        malloc = ("neuroprobe.malloc.keep_freed_memory() applied (mmap off, trim threshold 2 GiB)" if applied else
+        malloc = ("neuroprobe.engine.malloc.keep_freed_memory() applied (mmap off, trim threshold 2 GiB)" if applied else
                   "keep_freed_memory() NOT applied (NEUROPROBE_NO_MALLOPT set or not glibc): default glibc")
     else:
         malloc = "default glibc (CUDA run)"

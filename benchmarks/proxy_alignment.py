@@ -22,8 +22,8 @@ from scipy import stats
 
 from neuroprobe.attention.proxy import evaluate, fine_tune, object_mosaics
 from neuroprobe.data import read_manifest
-from neuroprobe.malloc import keep_freed_memory
-from neuroprobe.models import load_model
+from neuroprobe.engine.malloc import keep_freed_memory
+from neuroprobe.models.loading import load_model
 from neuroprobe.retina.report import paired_difference
 
 HERE = Path(__file__).resolve().parent

@@ -346,9 +346,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from neuroprobe.data import read_manifest
-    from neuroprobe.device import choose_memory_format
-    from neuroprobe.malloc import keep_freed_memory
-    from neuroprobe.models import load_model
+    from neuroprobe.engine.device import choose_memory_format
+    from neuroprobe.engine.malloc import keep_freed_memory
+    from neuroprobe.models.loading import load_model
     from neuroprobe.retina.layouts import make_layout
     from neuroprobe.retina.likelihood import ViewSettings
 
@@ -357,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         device = torch.device("cuda", 0)
     args.device = str(device)
     if device.type == "cpu":
-        malloc = ("neuroprobe.malloc.keep_freed_memory() applied" if keep_freed_memory() else
+        malloc = ("neuroprobe.engine.malloc.keep_freed_memory() applied" if keep_freed_memory() else
                   "keep_freed_memory() NOT applied (NEUROPROBE_NO_MALLOPT set or not glibc): default glibc")
     else:
         malloc = "default glibc (CUDA run)"

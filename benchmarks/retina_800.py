@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from neuroprobe.malloc import keep_freed_memory
-from neuroprobe.models import load_model
+from neuroprobe.engine.malloc import keep_freed_memory
+from neuroprobe.models.loading import load_model
 from neuroprobe.retina.report import saccade_report, search_report
 
 CONDITIONS = [("grid", "logpolar"), ("grid", "crop"), ("rings", "logpolar"), ("rings", "crop")]

@@ -22,7 +22,7 @@ import torch
 
 import neuroprobe as npb
 from neuroprobe.data import ImageDataset, read_manifest
-from neuroprobe.malloc import keep_freed_memory
+from neuroprobe.engine.malloc import keep_freed_memory
 from neuroprobe.synthesis import natural_spectrum, visualize
 from neuroprobe.synthesis.visualize import _normalize, layer_values
 

@@ -70,11 +70,11 @@ import torch
 import torch.nn as nn
 
 MEAN = STD = (0.5, 0.5, 0.5)  # timm data config of tf_efficientnet_lite0, on [0, 1] images
-M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc <malloc.h>, as in neuroprobe/malloc.py
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc <malloc.h>, as in neuroprobe/engine/malloc.py
 
 
 def keep_freed_memory() -> bool:
-    """Mirror of neuroprobe.malloc.keep_freed_memory: serve large blocks from the heap, never trim it.
+    """Mirror of neuroprobe.engine.malloc.keep_freed_memory: serve large blocks from the heap, never trim it.
 
     On glibc each forward pass otherwise mmaps/unmaps its activation buffers and the page faults
     dominate CPU time. Same constants and values as neuroprobe (M_MMAP_MAX=0, M_TRIM_THRESHOLD=2**31-1;

@@ -7,13 +7,11 @@ Five lines for the common case::
     ds = npb.open_layer(store, "bn2")          # xarray Dataset: min/mean/max/area (image, unit)
     images = npb.read_images(store)            # pandas DataFrame: manifest + status + reason
 """
-__version__ = "0.1.0"
-
-from .capture import Capture, LayerInfo, probe  # noqa: E402
-from .errors import NeuroprobeError  # noqa: E402
-from .extract import extract  # noqa: E402
-from .models import LoadedModel, Preprocessing, load_model  # noqa: E402
-from .store import export_hdf5, open_layer, read_images, summary  # noqa: E402
+from .engine import extract
+from .errors import NeuroprobeError
+from .models import Capture, LayerInfo, LoadedModel, Preprocessing, load_model, probe
+from .store import export_hdf5, open_layer, read_images, summary
+from .version import __version__
 
 __all__ = ["Capture", "LayerInfo", "LoadedModel", "NeuroprobeError", "Preprocessing", "export_hdf5", "extract",
            "load_model", "open_layer", "probe", "read_images", "summary", "__version__"]

@@ -239,7 +239,7 @@ def host_syncs(run: Callable[[], object], cuda: bool) -> tuple[Counter, list[str
 # -- a CLI run whose chunk writes are slowed down ----------------------------------------------------------------
 THROTTLED_MAIN = """\
 import runpy, sys, time
-from neuroprobe.store import Store
+from neuroprobe.store.layout import Store
 _write = Store.write_chunk
 def _slow_write(self, *args, **kwargs):
     time.sleep({delay!r})

@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from neuroprobe.capture import LayerInfo
+from neuroprobe.models.capture import LayerInfo
 from neuroprobe.data import Manifest
-from neuroprobe.store import Store
+from neuroprobe.store.layout import Store
 
 STATS = ("min", "mean", "max", "area")
 

@@ -181,7 +181,7 @@ def fx_preactivations(model: nn.Module, layers, x: torch.Tensor, post: bool = Fa
     """The value of each layer read off the model's FX graph: its output node (the last node inside the layer),
     traced back through a final activation (its input) and channel concatenations (of the traced inputs),
     each value cloned the moment its node runs, so that later in-place ops cannot touch it. Shares no code
-    with :mod:`neuroprobe.capture` (which follows eager calls under a TorchFunctionMode)."""
+    with :mod:`neuroprobe.models.capture` (which follows eager calls under a TorchFunctionMode)."""
     tracer = _fx_tracer(model)
     graph = tracer.trace(model.eval())
     names = tracer.node_to_qualname

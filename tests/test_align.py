@@ -14,7 +14,7 @@ from neuroprobe.attention.align_report import load_map
 from neuroprobe.attention.alignment import CLICKME_CEILING
 from neuroprobe.attention.maps import preprocess_human_maps
 from neuroprobe.data import ImageDataset, read_manifest
-from neuroprobe.models import load_model
+from neuroprobe.models.loading import load_model
 from resnet_cli_fixtures import run_main
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"

@@ -10,9 +10,9 @@ import zarr
 from scipy import stats as sps
 
 from neuroprobe.analysis import analyze, category_membership, opponent, selectivity, top_images
-from neuroprobe.capture import LayerInfo
+from neuroprobe.models.capture import LayerInfo
 from neuroprobe.data import Manifest
-from neuroprobe.store import Store
+from neuroprobe.store.layout import Store
 
 scan_module = importlib.import_module("neuroprobe.analysis.scan")
 
@@ -195,7 +195,7 @@ def test_categories_from_column_mapping_and_builtin(tmp_path):
 def test_real_store_report(tmp_path, small_csv):
     """The report on a real extraction: CSVs equal NumPy on the stored arrays, figures are written."""
     from neuroprobe import extract
-    from neuroprobe.report import report
+    from neuroprobe.analysis.report import report
 
     store = extract("efficientnet_lite0", small_csv, ["blocks.3"], tmp_path / "r.zarr", progress=False)
     summary = report(store, tmp_path / "rep", "dog", k=2, n=3, permutations=20, rdm_by="class_index")

@@ -171,7 +171,7 @@ def test_dff_reconstructs_activations_as_well_as_pytorch_grad_cam(resnet):
     from pytorch_grad_cam.feature_factorization.deep_feature_factorization import dff as their_dff
 
     from conftest import SAMPLE_CSV
-    from neuroprobe.capture import Capture
+    from neuroprobe.models.capture import Capture
     import pandas as pd
     from PIL import Image
     paths = pd.read_csv(SAMPLE_CSV).path[:4]

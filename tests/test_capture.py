@@ -7,7 +7,7 @@ import torch
 from torchvision.models import get_model
 
 import references as ref
-from neuroprobe.capture import Capture, probe
+from neuroprobe.models.capture import Capture, probe
 from neuroprobe.errors import NeuroprobeError
 
 
@@ -63,7 +63,7 @@ def googlenet():
 
 @pytest.fixture(scope="module")
 def effnet():
-    from neuroprobe.models import load_model
+    from neuroprobe.models.loading import load_model
 
     return load_model("efficientnet_lite0").module
 

@@ -76,11 +76,11 @@ def test_dask_redraws_when_a_readable_image_has_nan_values(tied_store, client, c
 
 def test_report_scheduler_address(client, tmp_path, monkeypatch, capsys):
     """``report --scheduler ADDRESS`` writes the same CSV files byte for byte (a store of the sample's images)."""
-    from neuroprobe.capture import LayerInfo
+    from neuroprobe.models.capture import LayerInfo
     from neuroprobe.cli import main
     from neuroprobe.data import Manifest
-    from neuroprobe.models import Preprocessing
-    from neuroprobe.store import Store
+    from neuroprobe.models.loading import Preprocessing
+    from neuroprobe.store.layout import Store
 
     monkeypatch.setenv("NEUROPROBE_NO_MALLOPT", "1")
     table = pd.read_csv(SAMPLE_CSV)

@@ -1,4 +1,4 @@
-"""Decoding on the device (neuroprobe.decode) against the CPU path (ImageDataset: PIL decodes and resizes).
+"""Decoding on the device (neuroprobe.engine.decode) against the CPU path (ImageDataset: PIL decodes and resizes).
 
 The device path runs here with device="cpu": torchvision's libjpeg-turbo decoder stands in for nvjpeg
 behind the same batched call, and torch resizes. Measured against PIL on the 40 embedded images and
@@ -19,9 +19,9 @@ import torch
 from PIL import Image
 
 from neuroprobe.data import ImageDataset, Manifest, read_manifest
-from neuroprobe.decode import (DeviceDecodeDataset, DeviceDecoder, EncodedBatch, collate_device_batch,
+from neuroprobe.engine.decode import (DeviceDecodeDataset, DeviceDecoder, EncodedBatch, collate_device_batch,
                                decode_difference, read_jpeg_header)
-from neuroprobe.models import Preprocessing
+from neuroprobe.models.loading import Preprocessing
 
 from helpers_robustness import SAMPLE_CSV, make_bad_files, png_bomb
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torchvision.models import get_model
 
-from neuroprobe.device import choose_memory_format, default_workers
+from neuroprobe.engine.device import choose_memory_format, default_workers
 from neuroprobe.errors import NeuroprobeError
 
 

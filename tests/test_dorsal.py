@@ -11,7 +11,7 @@ import zarr
 
 from neuroprobe.data import Manifest, read_manifest
 from neuroprobe.errors import NeuroprobeError
-from neuroprobe.models import load_model
+from neuroprobe.models.loading import load_model
 from neuroprobe.retina.active import saccades
 from neuroprobe.retina.dorsal import (ActiveVision, DorsalTraining, Glimpse, GlimpseEncoder, cross_validated_maps,
                                       fit_dorsal, fold_of, load_dorsal, save_dorsal)

@@ -9,7 +9,7 @@ from torch import nn
 
 from neuroprobe.maps import discrepancy_maps
 from neuroprobe.maps.empirical_rf import empirical_receptive_fields, measure_field, recentre
-from neuroprobe.models import LoadedModel, Preprocessing
+from neuroprobe.models.loading import LoadedModel, Preprocessing
 
 SIZE, KERNEL, WINDOW, STRIDE = 48, 15, 7, 2
 

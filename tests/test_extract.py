@@ -11,7 +11,7 @@ import zarr
 import references as ref
 from conftest import reference_batch
 from neuroprobe import extract, load_model, open_layer, read_images, summary
-from neuroprobe.models import sha256_of
+from neuroprobe.models.loading import sha256_of
 
 
 

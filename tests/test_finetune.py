@@ -10,7 +10,7 @@ import torch
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 import neuroprobe as npb
-from neuroprobe.analysis.verify import model_of
+from neuroprobe.engine.provenance import model_of
 from neuroprobe.data import ImageDataset, read_manifest
 from neuroprobe.finetune import find_head, finetune
 from resnet_cli_fixtures import run_main

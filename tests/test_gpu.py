@@ -272,7 +272,7 @@ def test_no_host_synchronisation_per_batch(device, random_weights, tmp_path, mon
     counts are trivially 0; the test checks that the profiler saw the convolutions, and that the
     buffers are NOT pinned (pinned memory is only used on CUDA)."""
     from neuroprobe import extract, load_model, writer
-    from neuroprobe.models import LoadedModel, Preprocessing
+    from neuroprobe.models.loading import LoadedModel, Preprocessing
     from helpers_robustness import sample_table
 
     cuda = device == "cuda"
@@ -468,7 +468,7 @@ def map_csv(tmp_path_factory):
 
 def small_models(resnets):
     """The two ResNet-18 with 64 px preprocessing (resize 73, crop 64): map stores at toy cost."""
-    from neuroprobe.models import LoadedModel, Preprocessing
+    from neuroprobe.models.loading import LoadedModel, Preprocessing
 
     return [LoadedModel(m.module, Preprocessing(resize=73, crop=64), m.provenance) for m in resnets]
 

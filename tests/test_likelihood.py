@@ -14,7 +14,7 @@ import zarr
 
 from neuroprobe.data import ImageDataset, Manifest, read_manifest
 from neuroprobe.errors import NeuroprobeError
-from neuroprobe.models import load_model
+from neuroprobe.models.loading import load_model
 from neuroprobe.retina.layouts import make_layout
 from neuroprobe.retina.likelihood import LikelihoodStore, ViewSettings, likelihood_maps
 

@@ -8,7 +8,7 @@ import torch
 
 from neuroprobe import load_model
 from neuroprobe.data import ImageDataset, read_manifest
-from neuroprobe.loader import image_batches, in_background
+from neuroprobe.engine.loader import image_batches, in_background
 
 ROWS = [[0, 1, 2, 3, 4], [5, 6, 7], [8, 9, 10, 11]]
 
@@ -96,7 +96,7 @@ def test_idle_decoding_thread_does_not_starve_when_other_processes_fill_every_co
     import sys
     import time
 
-    from neuroprobe.device import available_cores
+    from neuroprobe.engine.device import available_cores
 
     def source():
         for i in range(10):

@@ -26,7 +26,7 @@ def test_torchvision_weights_preprocessing_equals_weights_transforms():
     """Preprocessing read from a weights enum reproduces ``weights.transforms()`` (no download needed)."""
     from torchvision.models import ResNet50_Weights
 
-    from neuroprobe.models import Preprocessing
+    from neuroprobe.models.loading import Preprocessing
 
     weights = ResNet50_Weights.IMAGENET1K_V2
     t = weights.transforms()

@@ -13,7 +13,7 @@ from torchvision.models.vision_transformer import VisionTransformer
 from neuroprobe.maps import discrepancy_maps
 from neuroprobe.maps.attribution import gradcam, gradient
 from neuroprobe.maps.empirical_rf import empirical_receptive_fields
-from neuroprobe.models import LoadedModel, Preprocessing
+from neuroprobe.models.loading import LoadedModel, Preprocessing
 from test_occlusion import assert_close_relative, plain_loop
 
 SIZE, PATCH = 32, 8

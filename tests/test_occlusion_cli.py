@@ -229,7 +229,7 @@ def _reference_top(store) -> pd.DataFrame:
 
 
 def test_rf_top_images_are_the_stores(rf_run):
-    from neuroprobe.store import read_images
+    from neuroprobe.store.layout import read_images
 
     store, out, _ = rf_run
     expected = _reference_top(store)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from neuroprobe.attention.proxy import object_mosaics, phase_scrambled
 from neuroprobe.data import ImageDataset, read_manifest
-from neuroprobe.models import load_model
+from neuroprobe.models.loading import load_model
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample" / "labels.csv"
 

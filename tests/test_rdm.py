@@ -99,7 +99,7 @@ def test_mistakes(store):
 def test_figure_orders_images_by_category(store):
     import matplotlib.pyplot as plt
 
-    from neuroprobe.plots import rdm_figure
+    from neuroprobe.analysis.plots import rdm_figure
 
     path, table, _, _, failed = store
     result = rdm(path, "conv")

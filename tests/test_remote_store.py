@@ -178,7 +178,7 @@ def test_map_stores_at_a_url_equal_local_ones(s3, dataset, tmp_path):
     from helpers_robustness import store_attrs
 
     from neuroprobe.maps.occlusion_store import occlude
-    from neuroprobe.models import load_model
+    from neuroprobe.models.loading import load_model
 
     csv, _ = dataset
     few = tmp_path / "few.csv"

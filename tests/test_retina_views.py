@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from neuroprobe.data import load_image
 from neuroprobe.errors import NeuroprobeError
-from neuroprobe.models import Preprocessing
+from neuroprobe.models.loading import Preprocessing
 from neuroprobe.retina.layouts import fixation_grid, fixation_rings, make_layout
 from neuroprobe.retina.views import inverse_views, retinotopic_views
 

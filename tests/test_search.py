@@ -8,7 +8,7 @@ import pytest
 import zarr
 
 from neuroprobe.data import Manifest, read_manifest
-from neuroprobe.models import load_model
+from neuroprobe.models.loading import load_model
 from neuroprobe.retina.likelihood import likelihood_maps
 from neuroprobe.retina.search import policy_choices, visual_search, wilson_interval
 

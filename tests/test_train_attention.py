@@ -11,12 +11,12 @@ import torch.nn.functional as F
 
 import neuroprobe as npb
 from neuroprobe.attention.align_report import load_map
-from neuroprobe.attention.gala import add_gala
+from neuroprobe.models.gala import add_gala
 from neuroprobe.attention.losses import GALAAttentionLoss
 from neuroprobe.attention.maps import preprocess_human_maps
 from neuroprobe.attention.proxy import object_mosaics, save_mosaics
 from neuroprobe.data import ImageDataset, read_manifest
-from neuroprobe.models import load_model
+from neuroprobe.models.loading import load_model
 from resnet_cli_fixtures import run_main
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample" / "labels.csv"

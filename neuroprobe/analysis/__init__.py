@@ -14,9 +14,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ..completeness import mark_table, require_complete
-from ..integrity import readable
-from ..store import read_images
+from ..progress import Progress
+from ..store.completeness import mark_table, require_complete
+from ..store.integrity import readable
+from ..store.layout import read_images
 from .categories import category_membership, class_labels
 from .dask_scan import dask_client, scan_dask
 from .opponent import OpponentCollector
@@ -72,12 +73,14 @@ def analyze(store: str | Path, category: str = "dog", *, layers: Sequence[str] |
     with contextlib.ExitStack() as stack:
         stack.enter_context(readable(store))  # a chunk that does not decode: one line naming it
         client = stack.enter_context(dask_client(scheduler)) if scheduler is not None else None
-        for layer in layer_names(store, layers):
+        names = layer_names(store, layers)
+        meter = stack.enter_context(Progress(len(images) * len(names), f"analyze ({', '.join(parts)})", "row"))
+        for layer in names:
             if client is None:
                 collectors = make_collectors(layer)
-                scan(store, layer, collectors)
+                scan(store, layer, collectors, progress=meter.update)
             else:
-                collectors = scan_dask(client, store, layer, lambda: make_collectors(layer))
+                collectors = scan_dask(client, store, layer, lambda: make_collectors(layer), progress=meter.update)
             for part, collector in zip([p for p in PARTS if p in parts], collectors, strict=True):
                 frames[part].append(collector.frame())
     out = {part: pd.concat(f, ignore_index=True) for part, f in frames.items()}

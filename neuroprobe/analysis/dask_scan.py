@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from ..errors import NeuroprobeError
-from ..location import Location, open_group
+from ..store.location import Location, open_group
 from .scan import GROUP_BLOCKS, Collector, block_ranges, needed_stats, read_block
 
 log = logging.getLogger(__name__)

@@ -24,9 +24,10 @@ import pandas as pd
 import scipy.sparse
 import zarr
 
-from ..location import open_group
+from ..progress import Progress
+from ..store.location import open_group
 from ..errors import NeuroprobeError
-from ..store import read_images
+from ..store.layout import read_images
 from .categories import _is_missing
 from .scan import layer_names, read_blocks
 
@@ -116,8 +117,8 @@ def rdm(store: str | Path, layer: str, stat: str = "mean", method: str = "correl
     """
     import xarray as xr
 
-    from ..completeness import require_complete
-    from ..reduce import STATS
+    from ..store.completeness import require_complete
+    from ..store.layout import STATS
 
     state = require_complete(store, allow_incomplete)
 
@@ -161,6 +162,8 @@ def _fill(target, store, layer, stat, keep, method, units, memory) -> None:
     """Every tile (i <= j) of the image RDM: a panel of blocks i cached (``memory`` bytes), blocks j read."""
     spans: list[tuple[int, int, int]] = []  # (store row, lo, hi) of every block, from the first pass
     shift, per_panel, first = None, None, 0
+    n = int(np.count_nonzero(keep))  # conditions: the kept images
+    meter = Progress(n * (n + 1) // 2, f"rdm ({layer})", "pair")   # pairs of conditions, diagonal tiles counted whole
     while first == 0 or first < len(spans):
         panel: list[tuple[int, int, np.ndarray]] = []
         for j, (row, lo_j, hi_j, block) in enumerate(_blocks(store, layer, stat, keep, spans[first][:2] if first else (0, 0)),
@@ -174,6 +177,7 @@ def _fill(target, store, layer, stat, keep, method, units, memory) -> None:
             if j < first + per_panel:
                 panel.append((lo_j, hi_j, y))
             for lo_i, hi_i, x in panel:
+                meter.update((hi_i - lo_i) * (hi_j - lo_j))
                 tile = _tile(x, y, method, units)
                 if lo_i == lo_j:
                     np.fill_diagonal(tile, 0.0)
@@ -182,6 +186,7 @@ def _fill(target, store, layer, stat, keep, method, units, memory) -> None:
                 _write(target, lo_i, lo_j, tile)
         log.debug("rdm %s: conditions %d-%d against the rest", layer, panel[0][0], panel[-1][1])
         first += per_panel
+    meter.close()
 
 
 def _write(target, lo_i: int, lo_j: int, tile: np.ndarray) -> None:

@@ -2,7 +2,7 @@
 from .align_report import align
 from .alignment import CLICKME_CEILING, alignment_scores, alignment_summary, spearman_rows, split_half_ceiling
 from .clickme import read_clickme_npz, read_clickme_tfrecords
-from .gala import GALA, add_gala
+from ..models.gala import GALA, add_gala
 from .losses import GALAAttentionLoss, HarmonizationLoss, pyramid, standardize_cut
 from .train import train_attention
 

@@ -16,11 +16,12 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from ..progress import Progress
 from ..data import ImageDataset, Manifest, read_manifest
-from ..device import resolve_device
+from ..engine.device import resolve_device
 from ..errors import NeuroprobeError
 from ..maps.methods import attribute, check_methods
-from ..models import LoadedModel, Preprocessing, load_model
+from ..models.loading import LoadedModel, Preprocessing, load_model
 from .alignment import CLICKME_CEILING, alignment_scores, alignment_summary
 from .maps import preprocess_human_maps
 
@@ -77,8 +78,10 @@ def align(model: str | LoadedModel, data: str | Path | Manifest, maps: str | Pat
     module = loaded.module.to(dev).eval()
     dataset = ImageDataset(manifest, loaded.preprocessing)
     parts = []
+    meter = Progress(len(rows), f"align ({method})", "img")
     for start in range(0, len(rows), batch_size):
         batch = rows[start:start + batch_size]
+        meter.update(len(batch))
         items = [dataset[i] for i in batch]
         keep = [k for k, item in enumerate(items) if item[2]]
         if not keep:
@@ -97,6 +100,7 @@ def align(model: str | LoadedModel, data: str | Path | Manifest, maps: str | Pat
         scores.insert(2, "label", labels.cpu().numpy())
         scores.insert(3, "predicted", predicted.cpu().numpy())
         parts.append(scores)
+    meter.close()
     table = pd.concat(parts, ignore_index=True)
     table["correct"] = table["label"] == table["predicted"]
     out = Path(out)

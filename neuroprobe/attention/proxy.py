@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from ..data import ImageDataset, Manifest
 from ..maps.methods import attribute
 from ..maps.pointing import cell_masks, compose_mosaic, grid_pointing_score
-from ..models import LoadedModel
+from ..models.loading import LoadedModel
 from .alignment import spearman_rows
 from .train import train_attention
 

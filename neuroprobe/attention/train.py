@@ -4,7 +4,7 @@ One loop for the CLI's ``train-attention``, the proxy experiment and users' own 
 batches from any dataset of ``(uint8 image, label, map, has_map, ok)`` items, cross-entropy plus the map
 loss, AdamW, BatchNorm statistics frozen (batches of a few images would overwrite ImageNet's). Images
 that failed to decode (``ok`` False) are dropped from their batch; images without a map still train the
-classifier and give no map loss. The result records its edits, so :func:`neuroprobe.checkpoint.save_checkpoint`
+classifier and give no map loss. The result records its edits, so :func:`neuroprobe.models.checkpoint.save_checkpoint`
 writes a file that ``--weights`` loads in every command.
 """
 from __future__ import annotations
@@ -20,11 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..progress import track
 from ..data import ImageDataset, Manifest
-from ..device import resolve_device
+from ..engine.device import resolve_device
 from ..errors import NeuroprobeError
-from ..models import LoadedModel
-from .gala import add_gala
+from ..models.loading import LoadedModel
+from ..models.gala import add_gala
 from .losses import GALAAttentionLoss, HarmonizationLoss
 from .maps import preprocess_human_maps
 
@@ -108,7 +109,7 @@ def train_attention(loaded: LoadedModel, layers: Sequence[str], loss: str, data:
             module.eval()
     history = []
     try:
-        for step in range(steps):
+        for step in track(range(steps), f"train-attention ({loss} loss)", "step"):
             index = torch.randint(len(data), (batch_size,), generator=generator)
             images, labels, maps, has_map, ok = torch.utils.data.default_collate([data[int(i)] for i in index])
             if not ok.any():
@@ -179,9 +180,9 @@ def train_attention_run(model: str | LoadedModel, data: str | Path | Manifest, m
                         label_column: str = "class_index", **options) -> LoadedModel:
     """``train-attention``: read images and maps (as ``align`` does), fine-tune, and write checkpoint.pt
     (``--weights`` for every command), metrics.csv (per step) and training.png in ``out``."""
-    from ..checkpoint import save_checkpoint
+    from ..models.checkpoint import save_checkpoint
     from ..data import read_manifest
-    from ..models import load_model
+    from ..models.loading import load_model
     from .align_report import map_paths
 
     loaded = model if isinstance(model, LoadedModel) else load_model(model, weights)

@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from ..completeness import require_complete
+from ..store.completeness import require_complete
 from ..errors import NeuroprobeError
-from ..store import export_hdf5
+from ..store.layout import export_hdf5
 from .brainscore import export_brainscore
 from .netcdf import export_netcdf
 from .rsa import export_rsatoolbox, rsa_dataset

@@ -13,11 +13,12 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from ..analysis.scan import layer_names, read_blocks
-from ..location import open_group
+from ..progress import Progress
+from ..store.blocks import layer_names, read_blocks
+from ..store.location import open_group
 from ..errors import NeuroprobeError
-from ..reduce import STATS
-from ..store import SPATIAL, _check_store, _why, read_images
+from ..store.layout import STATS
+from ..store.layout import SPATIAL, _check_store, _why, read_images
 
 log = logging.getLogger(__name__)
 
@@ -95,13 +96,16 @@ def lockstep(store: str | Path, parts: Sequence[tuple[str, str]], keep: np.ndarr
     step = chunk * max(1, budget // max(chunk * 4 * sum(widths), 1))
     readers = [read_blocks(store, layer, [name], step) for layer, name in parts]
     lo = 0
-    for blocks in zip(*readers):
-        rows = blocks[0][0]
-        mask = keep[rows]
-        hi = lo + int(mask.sum())
-        yield lo, hi, [next(iter(b.values()))[mask].reshape(hi - lo, -1).astype(np.float32, copy=False)
-                       for _, b, _ in blocks]
-        lo = hi
+    layers = ", ".join(dict.fromkeys(layer for layer, _ in parts))
+    with Progress(int(np.count_nonzero(keep)), f"export ({layers})", "img") as meter:
+        for blocks in zip(*readers):
+            rows = blocks[0][0]
+            mask = keep[rows]
+            hi = lo + int(mask.sum())
+            yield lo, hi, [next(iter(b.values()))[mask].reshape(hi - lo, -1).astype(np.float32, copy=False)
+                           for _, b, _ in blocks]
+            meter.update(hi - lo)
+            lo = hi
 
 
 def attr_value(value: Any):

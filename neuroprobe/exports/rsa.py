@@ -13,8 +13,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from ..location import open_group
-from .. import __version__
+from ..store.location import open_group
+from ..version import __version__
 from ..errors import NeuroprobeError
 from .common import atomic_target, check_stat, lockstep, presentation_table, sources
 

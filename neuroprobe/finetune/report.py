@@ -6,7 +6,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import seaborn as sns
 
-from ..checkpoint import save_checkpoint
+from ..models.checkpoint import save_checkpoint
 from .train import FineTuned, finetune
 
 

@@ -21,11 +21,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import ImageDataset, Manifest, read_manifest
-from ..device import resolve_device
+from ..engine.device import resolve_device
 from ..errors import NeuroprobeError, closest
-from ..models import LoadedModel, load_model
+from ..progress import track
+from ..models.loading import LoadedModel, load_model
 from ..training import train
-from .heads import find_head, replace_head
+from ..models.heads import find_head, replace_head
 
 log = logging.getLogger(__name__)
 BALANCE = (None, "loss", "sampling")
@@ -89,7 +90,7 @@ class _FrozenStatistics(nn.Module):
 
 def _decode(manifest: Manifest, loaded: LoadedModel) -> tuple[torch.Tensor, np.ndarray]:
     dataset = ImageDataset(manifest, loaded.preprocessing)
-    items = [dataset[i] for i in range(len(manifest))]
+    items = [dataset[i] for i in track(range(len(manifest)), "finetune (decoding)", "img")]
     ok = np.array([item[2] for item in items])
     for item in items:
         if not item[2]:
@@ -104,7 +105,7 @@ def _head_input(loaded: LoadedModel, head: str, images: torch.Tensor, dev: torch
     hook = module.register_forward_hook(lambda m, args, out: held.append(args[0].detach().cpu()))
     try:
         with torch.no_grad():
-            for start in range(0, len(images), batch_size):
+            for start in track(range(0, len(images), batch_size), "finetune (features)", "batch"):
                 loaded.module(loaded.preprocessing.normalize(images[start:start + batch_size].to(dev)))
     finally:
         hook.remove()
@@ -181,7 +182,7 @@ def finetune(model: str | LoadedModel, data: str | Path | Manifest, label_column
 
     history = train(trainable, loss_fn, inputs[train_rows], targets[train_rows], epochs=epochs, lr=lr,
                     weight_decay=weight_decay, batch_size=batch_size, seed=seed, sample_weights=sample_weights,
-                    on_epoch=validation)
+                    on_epoch=validation, desc="finetune (training)")
     for p in tuned.module.parameters():
         p.requires_grad_(True)
     tuned.module.eval()

@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 from torch.overrides import TorchFunctionMode
 
-from ..capture import ACTIVATION_NAMES, _op_name
+from ..models.capture import ACTIVATION_NAMES, _op_name
 
 Rewrite = Callable[[int, str, torch.Tensor, torch.Tensor], torch.Tensor]
 

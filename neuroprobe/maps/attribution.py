@@ -3,7 +3,7 @@
 Every method returns an :class:`Attribution`: the raw signed tensor (B, T, ...) for T targets per
 image, and the (B, T, H, W) map with the channel reduction stated in ``reduction``. Targets are
 class indices (columns of the model's output) or, with ``target_layer``, units of any layer (the
-spatial mean of their pre-activation, the capture point of :mod:`neuroprobe.capture`). Several
+spatial mean of their pre-activation, the capture point of :mod:`neuroprobe.models.capture`). Several
 targets of one image share one forward pass and one vmapped backward pass.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..capture import Capture, StopForward, unit_layouts
+from ..models.capture import Capture, StopForward, unit_layouts
 from ..errors import NeuroprobeError
 from .activations import ActivationRewrite, guided, plain
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..capture import Capture, unit_layouts
+from ..models.capture import Capture, unit_layouts
 from ..errors import NeuroprobeError
 from .attribution import Attribution, as_targets
 

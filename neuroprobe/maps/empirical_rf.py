@@ -19,10 +19,11 @@ import pandas as pd
 import torch
 from scipy import ndimage
 
-from ..capture import Capture, probe
+from ..models.capture import Capture, probe
 from ..errors import NeuroprobeError
-from ..device import resolve_device
-from ..models import LoadedModel
+from ..engine.device import resolve_device
+from ..progress import track
+from ..models.loading import LoadedModel
 from .occlusion import discrepancy_maps
 
 
@@ -90,7 +91,8 @@ def empirical_receptive_fields(model: LoadedModel, images: torch.Tensor, layer: 
     k_used = np.zeros(len(units), dtype=int)
     column_of = {int(u): i for i, u in enumerate(units)}
     theoretical = None
-    for image, rows in top.groupby("image", sort=True):
+    groups = top.groupby("image", sort=True)
+    for image, rows in track(groups, f"receptive fields ({layer})", "img", total=groups.ngroups):
         wanted = sorted({int(u) for u in rows["unit"]})
         maps = discrepancy_maps(model, images[int(image)][None], layer, units=wanted, window=window, stride=stride,
                                 fill=fill, rf_only=rf_only, **options)
@@ -146,12 +148,12 @@ def receptive_fields_from_store(store: str | Path, layer: str, *, k: int = 10, u
 
     An incomplete store is refused unless ``allow_incomplete`` (its tables then carry a ``completeness`` column)."""
     from ..analysis import top_images
-    from ..analysis.verify import model_of
+    from ..engine.provenance import model_of
     from ..data import ImageDataset, Manifest
-    from ..location import open_group
-    from ..store import read_images
+    from ..store.location import open_group
+    from ..store.layout import read_images
 
-    from ..completeness import mark_table, require_complete
+    from ..store.completeness import mark_table, require_complete
 
     state = require_complete(store, allow_incomplete)
     model = model or model_of(store)

@@ -18,9 +18,10 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from ..progress import Progress
 from ..errors import NeuroprobeError
-from ..device import resolve_device
-from ..models import LoadedModel
+from ..engine.device import resolve_device
+from ..models.loading import LoadedModel
 from .methods import METHODS, attribute, check_methods
 from .pointing import cell_masks, compose_mosaic, grid_pointing_score, make_mosaics, pointing_game, summarize_scores
 
@@ -107,6 +108,7 @@ def score_mosaics(loaded: LoadedModel, mosaics: pd.DataFrame, image: Callable[[i
     images = table["image"].to_numpy().reshape(len(ids), cells)
     labels = table["label"].to_numpy().reshape(len(ids), cells)
     rows, example_maps, example_images = [], {m: [] for m in methods}, []
+    meter = Progress(len(ids), f"localize ({', '.join(methods)})", "mosaic")
     for start in range(0, len(ids), batch_size):
         batch = torch.stack([compose_mosaic(_resized(torch.stack([image(int(i)) for i in members]), cell_size), grid)[0]
                              for members in images[start:start + batch_size]])
@@ -128,7 +130,8 @@ def score_mosaics(loaded: LoadedModel, mosaics: pd.DataFrame, image: Callable[[i
                              labels[start + b, cell], score, hit))
             if start < examples:
                 example_maps[method].append(maps[:examples - start])
-        log.info("mosaics %d/%d scored", min(start + batch_size, len(ids)), len(ids))
+        meter.update(len(x))
+    meter.close()
     scores = pd.DataFrame(rows, columns=["method", "mosaic", "cell", "image", "label", *METRICS])
     long = scores.melt(id_vars=["method", "mosaic", "cell"], value_vars=list(METRICS), var_name="metric",
                        value_name="score")

@@ -13,10 +13,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..progress import track
 from ..data import ImageDataset, Manifest, read_manifest
 from ..errors import NeuroprobeError
-from ..device import resolve_device
-from ..models import LoadedModel, load_model
+from ..engine.device import resolve_device
+from ..models.loading import LoadedModel, load_model
 from .figures import grid_pointing_figure
 from .localize import GridPointingGame, score_mosaics
 from .methods import check_methods
@@ -35,7 +36,7 @@ def predict_manifest(loaded: LoadedModel, manifest: Manifest, batch_size: int = 
     reasons = [""] * len(manifest)
     loader = torch.utils.data.DataLoader(ImageDataset(manifest, loaded.preprocessing), batch_size=batch_size)
     with torch.no_grad():
-        for rows, images, ok, why in loader:
+        for rows, images, ok, why in track(loader, "localize (classifying)", "batch"):
             rows, ok = rows.numpy(), ok.numpy()
             if ok.any():
                 x = loaded.preprocessing.normalize(images[torch.from_numpy(ok)].to(dev))
@@ -78,7 +79,7 @@ def localize(model: str | LoadedModel, data: str | Path | Manifest, out: str | P
     mosaics["path"] = manifest.table["path"].to_numpy()[mosaics["image"].to_numpy()]
     mosaics.to_csv(out / "mosaics.csv", index=False)
     dataset = ImageDataset(manifest, loaded.preprocessing)
-    needed = {int(i): dataset[int(i)][1] for i in mosaics["image"].unique()}
+    needed = {int(i): dataset[int(i)][1] for i in track(mosaics["image"].unique(), "localize (decoding)", "img")}
     game = score_mosaics(loaded, mosaics, needed.__getitem__, methods, grid=grid, layer=layer,
                          batch_size=batch_size, device=device, cell_size=cell_size, method_options=method_options)
     game.scores.to_csv(out / "scores.csv", index=False)

@@ -3,7 +3,7 @@
 Zhou et al. (2015) slide a small patch over an image and record how much a unit's response drops;
 Nguyen & Lambert call the result a discrepancy map. Here one truncated forward pass per occluded
 copy serves all units at once: the layer's pre-activation (the capture points of
-:mod:`neuroprobe.capture`) is read for every requested unit, at the position where the unit peaks on
+:mod:`neuroprobe.models.capture`) is read for every requested unit, at the position where the unit peaks on
 the unoccluded image (``response="peak"``, Zhou et al.) or pooled over space (``"max"``, ``"mean"``).
 
 Occluder positions are the top-left corners ``0, stride, 2*stride, ...`` that keep the patch inside
@@ -21,11 +21,12 @@ import torch
 from torch import nn
 from torchvision.transforms.functional import gaussian_blur
 
-from ..capture import Capture, probe
+from ..models.capture import Capture, probe
 from ..errors import NeuroprobeError
-from ..device import autocast, resolve_device
-from ..malloc import keep_freed_memory_on_cpu
-from ..models import LoadedModel
+from ..engine.device import autocast, resolve_device
+from ..progress import Progress
+from ..engine.malloc import keep_freed_memory_on_cpu
+from ..models.loading import LoadedModel
 from .receptive_field import theoretical_receptive_fields
 
 FILLS = ("noise", "mean", "zero", "blur")
@@ -200,7 +201,7 @@ def discrepancy_maps(model: LoadedModel | nn.Module, images: torch.Tensor, layer
         cols = torch.arange(width, device=dev)
         ty, tx = torch.as_tensor(pos_y, device=dev), torch.as_tensor(pos_x, device=dev)
         log.info("layer %s: %d occluded copies of %d image(s), %d per pass", layer, len(jobs), len(pixels), n)
-        with capture:
+        with capture, Progress(len(jobs), f"occlusion ({layer})", "copy") as meter:
             for start in range(0, len(jobs), n):
                 job = torch.as_tensor(jobs[start:start + n], device=dev)
                 image, oy, ox = job[:, 0], ty[job[:, 1]], tx[job[:, 2]]
@@ -212,6 +213,7 @@ def discrepancy_maps(model: LoadedModel | nn.Module, images: torch.Tensor, layer
                     capture.run(copies)
                 occluded = _respond(_as_map(values[layer][:, unit_index].float()), peak_flat[image], response)
                 out[job[:, 0], :, job[:, 1], job[:, 2]] = reference[image] - occluded   # stays on the device
+                meter.update(len(job))
     maps = out.cpu().numpy()
     if rf_only:
         maps = np.where(inside, maps, 0.0).astype(np.float32)

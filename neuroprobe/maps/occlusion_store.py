@@ -14,13 +14,14 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..capture import probe
+from ..models.capture import probe
 from ..data import ImageDataset, Manifest, read_manifest
 from ..errors import NeuroprobeError
-from ..location import Location
-from ..device import resolve_device
-from ..models import LoadedModel, load_model
-from .map_store import ArraySpec, consolidate, as_json, mark_done, open_map_store
+from ..store.location import Location
+from ..engine.device import resolve_device
+from ..progress import Progress
+from ..models.loading import LoadedModel, load_model
+from ..store.map_store import ArraySpec, consolidate, as_json, mark_done, open_map_store
 from .occlusion import discrepancy_maps, occluder_positions
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ def occlude(model: str | LoadedModel, data: str | Path | Manifest, layer: str, o
     pending = np.flatnonzero(~done[:])
     log.info("%d of %d images to do (%d occluded copies each at most)", len(pending), len(manifest), ny * nx)
     dataset = ImageDataset(manifest, loaded.preprocessing)
+    meter = Progress(len(pending), "occlude", "img")
     for count, row in enumerate(pending, start=1):
         _, image, ok, reason = dataset[int(row)]
         if ok:
@@ -67,7 +69,9 @@ def occlude(model: str | LoadedModel, data: str | Path | Manifest, layer: str, o
             if count == 1 or "geometry" not in group["discrepancy"].attrs:
                 group["discrepancy"].attrs.update(as_json(maps.geometry))
         mark_done(group, [row], [ok], [reason])
-        log.info("image %d/%d (%s)%s", count, len(pending), manifest.table["path"].iat[row],
-                 "" if ok else f": skipped, {reason}")
+        meter.update(1)
+        if not ok:
+            log.info("image %d (%s) skipped: %s", row, manifest.table["path"].iat[row], reason)
+    meter.close()
     consolidate(out)
     return Location.of(out).path or str(out)

@@ -1,6 +1,6 @@
 """Theoretical receptive fields of every unit position of a layer, through any eager forward pass.
 
-The geometry is followed op by op by :class:`neuroprobe.geometry.Tracker` (convs, pooling, padding,
+The geometry is followed op by op by :class:`neuroprobe.models.geometry.Tracker` (convs, pooling, padding,
 resampling, permutes and reshapes, splits, token layouts, attention). The union of the inputs' fields
 for elementwise ops and concatenations makes residual branches and Inception blocks come out right
 where chain-only formulas do not. Global pooling, Linear layers over positions and attention see the
@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import NeuroprobeError, closest
-from ..geometry import LOST, layer_layouts
+from ..models.geometry import LOST, layer_layouts
 
 
 def theoretical_receptive_fields(model: nn.Module, layers: Sequence[str],

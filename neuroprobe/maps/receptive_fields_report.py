@@ -20,8 +20,8 @@ def rf_report(store: str | Path, layers: Sequence[str], out: str | Path, *, k: i
     """Measure every layer's units (see :func:`receptive_fields_from_store`), save tables and figures.
 
     An incomplete store is refused unless ``allow_incomplete`` (then tables and titles say so)."""
-    from ..analysis.verify import model_of
-    from ..completeness import mark_figure, mark_table, require_complete
+    from ..engine.provenance import model_of
+    from ..store.completeness import mark_figure, mark_table, require_complete
 
     state = require_complete(store, allow_incomplete)
 

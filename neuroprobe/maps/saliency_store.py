@@ -3,7 +3,7 @@
 Layout: ``map`` (image, y, x) float32 at the input's resolution (the method's channel reduction
 and rectification are in its attributes), ``target``, ``predicted`` (image) int64 and ``score``,
 ``probability`` (image) of the target class; with ``raw=True`` also the signed ``raw`` tensor.
-``images/`` and ``done`` as in every map store (:mod:`neuroprobe.maps.map_store`).
+``images/`` and ``done`` as in every map store (:mod:`neuroprobe.store.map_store`).
 """
 from __future__ import annotations
 
@@ -15,13 +15,14 @@ import pandas as pd
 import torch
 import zarr
 
-from ..capture import Capture
+from ..models.capture import Capture
 from ..data import ImageDataset, Manifest, read_manifest
 from ..errors import NeuroprobeError
-from ..location import Location
-from ..device import resolve_device
-from ..models import LoadedModel, load_model
-from .map_store import ArraySpec, consolidate, mark_done, open_map_store
+from ..store.location import Location
+from ..engine.device import resolve_device
+from ..progress import Progress
+from ..models.loading import LoadedModel, load_model
+from ..store.map_store import ArraySpec, consolidate, mark_done, open_map_store
 from .methods import LAYER_METHODS, attribute, check_methods, last_spatial_layer
 
 log = logging.getLogger(__name__)
@@ -87,15 +88,14 @@ def saliency(model: str | LoadedModel, data: str | Path | Manifest, out: str | P
     log.info("%s maps: %d of %d images to do", method, len(pending), len(manifest))
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ImageDataset(manifest, loaded.preprocessing), pending),
                                          batch_size=batch_size)
-    finished = 0
-    for rows, images, ok, reasons in loader:
-        rows, ok = rows.numpy(), ok.numpy()
-        if ok.any():
-            _write(group, rows[ok], module, loaded.preprocessing.normalize(images[torch.from_numpy(ok)].to(dev)),
-                   columns, method, layer, raw, options)
-        mark_done(group, rows, ok, reasons)
-        finished += len(rows)
-        log.info("%d/%d images", finished, len(pending))
+    with Progress(len(pending), f"saliency ({method})", "img") as meter:
+        for rows, images, ok, reasons in loader:
+            rows, ok = rows.numpy(), ok.numpy()
+            if ok.any():
+                _write(group, rows[ok], module, loaded.preprocessing.normalize(images[torch.from_numpy(ok)].to(dev)),
+                       columns, method, layer, raw, options)
+            mark_done(group, rows, ok, reasons)
+            meter.update(len(rows))
     consolidate(out)
     return Location.of(out).path or str(out)
 

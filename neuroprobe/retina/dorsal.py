@@ -22,10 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..capture import Capture
+from ..models.capture import Capture
 from ..errors import NeuroprobeError
 from ..maps.methods import last_spatial_layer
-from ..models import LoadedModel
+from ..models.loading import LoadedModel
 from ..training import train
 from .views import retinotopic_views
 
@@ -123,7 +123,7 @@ def fit_dorsal(features: torch.Tensor, targets: torch.Tensor, shape: tuple[int, 
         return F.binary_cross_entropy_with_logits(logits, t) + l2 * net.head.weight.pow(2).sum()
 
     train(net, loss, features, targets.float(), epochs=settings.epochs, lr=settings.lr,
-          weight_decay=settings.weight_decay, seed=settings.seed)
+          weight_decay=settings.weight_decay, seed=settings.seed, desc="saccade (dorsal head)")
     net.l2 = l2
     return net
 

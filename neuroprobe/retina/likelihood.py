@@ -1,6 +1,6 @@
 """Likelihood maps: the model's class probabilities for every retinotopic view of every image, in a map store.
 
-Layout (a map store, :mod:`neuroprobe.maps.map_store`; resumable, one chunk per batch of images):
+Layout (a map store, :mod:`neuroprobe.store.map_store`; resumable, one chunk per batch of images):
 
 * ``log_probability`` (image, fy, fx, class) float16: log-softmax of every view. Stored as logs so that
   no probability underflows (float16 keeps 1e-3 relative precision of p, and p down to 1e-30 and
@@ -24,12 +24,13 @@ import torch
 import zarr
 
 from ..data import MAX_PIXELS, Manifest, read_manifest
-from ..device import AMP_DTYPES, MEMORY_FORMATS, autocast, choose_memory_format, default_workers, resolve_device
+from ..engine.device import AMP_DTYPES, MEMORY_FORMATS, autocast, choose_memory_format, default_workers, resolve_device
 from ..errors import NeuroprobeError
-from ..loader import image_batches
-from ..malloc import keep_freed_memory_on_cpu
-from ..maps.map_store import ArraySpec, as_json, consolidate, mark_done, open_map_store
-from ..models import LoadedModel, Preprocessing, load_model
+from ..engine.loader import image_batches
+from ..progress import Progress
+from ..engine.malloc import keep_freed_memory_on_cpu
+from ..store.map_store import ArraySpec, as_json, consolidate, mark_done, open_map_store
+from ..models.loading import LoadedModel, Preprocessing, load_model
 from .layouts import Fixations, make_layout
 from .views import KINDS, PADDINGS, RS_MAX, RS_MIN, retinotopic_views
 
@@ -161,8 +162,7 @@ def likelihood_maps(model: str | LoadedModel, data: str | Path | Manifest, out: 
              len(fixations), settings.kind)
     batches = [pending[i:i + batch_size].tolist() for i in range(0, len(pending), batch_size)]
     source = settings.source(loaded.preprocessing)
-    finished = 0
-    with torch.no_grad():
+    with torch.no_grad(), Progress(len(pending), "search (likelihood maps)", "img") as meter:
         workers = default_workers(dev) if workers is None else workers
         for batch in image_batches(manifest, source, batches, dev, workers=workers, max_pixels=max_pixels):
             rows_done = np.asarray(batch.rows)
@@ -172,8 +172,7 @@ def likelihood_maps(model: str | LoadedModel, data: str | Path | Manifest, out: 
                 _write(group, rows_done[ok], classifier(images, fixations))
             group["target"].oindex[rows_done] = labels[rows_done]
             mark_done(group, rows_done, ok, batch.reasons)
-            finished += len(rows_done)
-            log.info("%d/%d images", finished, len(pending))
+            meter.update(len(rows_done))
     consolidate(Path(out))
     return Path(out)
 

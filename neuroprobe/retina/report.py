@@ -11,13 +11,15 @@ import pandas as pd
 import torch
 from scipy.special import expit
 
-from ..analysis.verify import model_of
+from ..engine.provenance import model_of
 from ..data import ImageDataset, Manifest, load_image, read_manifest
-from ..device import resolve_device
+from ..engine.device import resolve_device
 from ..errors import NeuroprobeError
-from ..loader import image_batches
+from ..progress import track
+from ..store.kinds import described, store_kind
+from ..engine.loader import image_batches
 from ..maps.methods import attribute
-from ..models import LoadedModel, load_model
+from ..models.loading import LoadedModel, load_model
 from .active import saccades
 from .dorsal import (DorsalTraining, Glimpse, GlimpseEncoder, cross_validated_maps, save_dorsal, training_meta)
 from .figures import accuracy_figure, dorsal_figure, likelihood_figure, views_on_image
@@ -30,7 +32,7 @@ METHOD_NAMES = {"gradcam": "Grad-CAM", "dff": "DFF"}
 
 def _save(fig: plt.Figure, path: Path, state=None) -> None:
     if state is not None:
-        from ..completeness import mark_figure
+        from ..store.completeness import mark_figure
 
         mark_figure(fig, state)
     fig.savefig(path, dpi=110)
@@ -44,6 +46,10 @@ def search_report(model: str | LoadedModel, data: str | Path | Manifest, out: st
     ``options`` go to :func:`likelihood_maps` (layout, n, radius, view, padding, batch_size, device, ...).
     """
     out = Path(out)
+    kind = store_kind(out)
+    if kind:  # the folder holds the likelihood store, tables and figures: never inside another store
+        raise NeuroprobeError(f"{out} is {described(kind)}; search --out takes a folder for likelihood.zarr, tables "
+                              "and figures: choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     loaded = model if isinstance(model, LoadedModel) else load_model(model, options.pop("weights", None))
     manifest = data if isinstance(data, Manifest) else read_manifest(data)
@@ -145,7 +151,7 @@ def saccade_report(likelihood: str | Path, data: str | Path | Manifest, out: str
     centre -> oracle gap closed) and figures.
     """
     out = Path(out)
-    from ..completeness import mark_figure, mark_table, require_complete
+    from ..store.completeness import mark_figure, mark_table, require_complete
 
     store = LikelihoodStore.open(likelihood)  # one line for a path that is not a likelihood store
     state = require_complete(likelihood, allow_incomplete)
@@ -206,7 +212,8 @@ def glimpse_features(encoder: GlimpseEncoder, manifest: Manifest, rows: np.ndarr
     """Backbone features (len(rows), D) of each image's glimpse, decoded as the likelihood store's source."""
     batches = [rows[i:i + batch_size].tolist() for i in range(0, len(rows), batch_size)]
     parts = []
-    for batch in image_batches(manifest, source, batches, dev, workers=0):
+    for batch in track(image_batches(manifest, source, batches, dev, workers=0), "saccade (glimpse features)",
+                       "batch", total=len(batches)):
         if not batch.ok.all():
             bad = [r for r, ok in zip(batch.rows, batch.ok, strict=True) if not ok]
             raise NeuroprobeError(f"image row(s) {bad} were readable when the likelihood store was made and are not now")

@@ -37,14 +37,14 @@ def unit_figures(vis: Visualization, store: str | Path, out: str | Path, k: int 
     """Per unit: the max (min) manufactured image beside its top-K (bottom-K) natural images by the same
     statistic, one PNG per unit in ``out``; returns the paths."""
     from ..analysis import top_images
-    from ..plots import unit_images
+    from ..analysis.plots import unit_images
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     layer, objective = vis.table["layer"].iat[0], vis.table["objective"].iat[0]
     top, bottom = ("max", "min") if objective == "max" else ("mean", "mean")
     units = sorted(set(vis.table["unit"]))
-    from ..completeness import COLUMN, completeness, mark_figure
+    from ..store.completeness import COLUMN, completeness, mark_figure
 
     allow_incomplete = COLUMN in vis.table  # visualize() accepted an incomplete store
     state = completeness(store)

@@ -11,7 +11,7 @@ from PIL import Image
 
 from ..data import ImageDataset, Manifest, read_manifest
 from ..errors import NeuroprobeError
-from ..models import LoadedModel, load_model
+from ..models.loading import LoadedModel, load_model
 from .params import natural_spectrum
 from .transforms import Transforms
 from .visualize import Visualization, visualize
@@ -26,8 +26,8 @@ def spectrum_manifest(spectrum_images: str | Path | None, store: str | Path | No
     if spectrum_images is not None:
         return read_manifest(spectrum_images)
     if store is not None:
-        from ..location import open_group
-        from ..store import read_images
+        from ..store.location import open_group
+        from ..store.layout import read_images
 
         table = read_images(store)
         return Manifest(table[["path"]].reset_index(drop=True), Path(open_group(store).attrs["data_root"]))
@@ -43,7 +43,7 @@ def model_for(model: str | LoadedModel | None, weights: str | None, store: str |
     if model is not None:
         return load_model(model, weights)
     if store is not None:
-        from ..analysis.verify import model_of
+        from ..engine.provenance import model_of
 
         return model_of(store)
     return load_model("efficientnet_lite0", weights)
@@ -59,7 +59,7 @@ def visualize_run(out: str | Path, *, layer: str, units: Sequence[int], model: s
 
     loaded = model_for(model, weights, store)
     if store is not None:
-        from ..store import open_layer
+        from ..store.layout import open_layer
 
         open_layer(store, layer)            # one-line error when the store lacks the layer
     spectrum = None
@@ -83,7 +83,7 @@ def visualize_run(out: str | Path, *, layer: str, units: Sequence[int], model: s
         Image.fromarray(vis.images[i].permute(1, 2, 0).numpy()).save(out / files[-1])
     vis.table.assign(file=files).to_csv(out / "visualize.csv", index=False)
     if store is not None:
-        from ..completeness import completeness, mark_figure
+        from ..store.completeness import completeness, mark_figure
 
         mark_figure(layer_grid(vis), completeness(store)).savefig(out / "grid.png", dpi=100)
     else:

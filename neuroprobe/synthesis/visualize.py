@@ -1,6 +1,6 @@
 """Manufactured images: one image per unit that drives (``max``) or silences (``min``) the unit's pre-activation.
 
-The objective reads the same capture point as ``extract`` (:mod:`neuroprobe.capture`): the value the
+The objective reads the same capture point as ``extract`` (:mod:`neuroprobe.models.capture`): the value the
 layer's final nonlinearity receives, kept in the autograd graph by running every activation out of place
 (torchvision's in-place ReLUs would overwrite it), and the forward pass stops at the layer. All units of a
 call are optimized together as one batch, image i with its own objective, seed and transforms; since
@@ -23,11 +23,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..capture import Capture, StopForward, unit_layouts
-from ..device import resolve_device
+from ..progress import Progress
+from ..models.capture import Capture, StopForward, unit_layouts
+from ..engine.device import resolve_device
 from ..errors import NeuroprobeError
 from ..maps.activations import ActivationRewrite, plain, redirected
-from ..models import LoadedModel, load_model
+from ..models.loading import LoadedModel, load_model
 from .params import DEFAULT_LR, PARAMS, ImageBatch
 from .transforms import Transforms
 
@@ -106,8 +107,8 @@ def natural_extremes(store: str | Path, layer: str, units: Sequence[int], direct
                      objective: str, allow_incomplete: bool = False) -> np.ndarray:
     """Per image of a call: the unit's strongest natural response of the same statistic in a store (NaN for
     ``center``, which a store does not hold); an incomplete store is refused unless ``allow_incomplete``."""
-    from ..completeness import require_complete
-    from ..store import open_layer
+    from ..store.completeness import require_complete
+    from ..store.layout import open_layer
 
     require_complete(store, allow_incomplete)
 
@@ -126,7 +127,7 @@ def natural_extremes(store: str | Path, layer: str, units: Sequence[int], direct
 
 def _check_same_model(store: str | Path, loaded: LoadedModel) -> None:
     """Fractions of the strongest photo only mean something for the store's own model and weights."""
-    from ..location import open_group
+    from ..store.location import open_group
 
     provenance = dict(open_group(store).attrs).get("provenance", {})
     ours = loaded.provenance
@@ -163,7 +164,7 @@ def visualize(model: str | LoadedModel, layer: str, units: Sequence[int], *, dir
         raise NeuroprobeError("give at least one unit")
     loaded = model if isinstance(model, LoadedModel) else load_model(model, weights)
     if store is not None:
-        from ..completeness import require_complete
+        from ..store.completeness import require_complete
 
         _check_same_model(store, loaded)
         state = require_complete(store, allow_incomplete)
@@ -182,10 +183,12 @@ def visualize(model: str | LoadedModel, layer: str, units: Sequence[int], *, dir
         raise NeuroprobeError(f"unit {bad[0]} is out of range: layer '{layer}' has {channels} units (0-{channels - 1})")
     started = time.perf_counter()
     images, traces, reached = [], [], []
+    batches = -(-len(jobs) // batch_size)
+    meter = Progress(batches * steps, f"visualize ({layer}, {len(jobs)} images in {batches} batch(es))", "step")
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start:start + batch_size]
         image, trace = _optimize(loaded, module, layer, chunk, objective, param, steps, size, transforms, seed, lr,
-                                 spectrum, dev, redirected if redirect else plain, layouts)
+                                 spectrum, dev, redirected if redirect else plain, layouts, meter)
         with torch.no_grad():
             values = layer_values(module, layer, loaded.preprocessing.normalize(image.to(dev)), keep_graph=False,
                                   layouts=layouts)
@@ -193,6 +196,7 @@ def visualize(model: str | LoadedModel, layer: str, units: Sequence[int], *, dir
                                           torch.tensor([1.0 if d == "max" else -1.0 for _, d in chunk])).cpu())
         images.append(image)
         traces.append(trace)
+    meter.close()
     seconds = time.perf_counter() - started
     table = pd.DataFrame({"unit": [u for u, _ in jobs], "direction": [d for _, d in jobs],
                           "objective": objective, "param": param, "layer": layer,
@@ -205,7 +209,7 @@ def visualize(model: str | LoadedModel, layer: str, units: Sequence[int], *, dir
         # a fraction of the strongest photo only means something when that photo pushes the unit the same way
         table["fraction"] = np.where(sign * table["natural"] > 0, table["activation"] / table["natural"], np.nan)
     if store is not None:
-        from ..completeness import mark_table
+        from ..store.completeness import mark_table
 
         table = mark_table(table, state)
     table.attrs.update(seconds=seconds, steps=steps, size=size, lr=lr, model=loaded.name)
@@ -215,7 +219,8 @@ def visualize(model: str | LoadedModel, layer: str, units: Sequence[int], *, dir
 
 def _optimize(loaded: LoadedModel, module: torch.nn.Module, layer: str, jobs: list[tuple[int, str]], objective: str,
               param: str, steps: int, size: int, transforms: Transforms, seed: int, lr: float,
-              spectrum: torch.Tensor | None, dev: torch.device, rewrite, layouts: dict) -> tuple[torch.Tensor, np.ndarray]:
+              spectrum: torch.Tensor | None, dev: torch.device, rewrite, layouts: dict,
+              meter: Progress | None = None) -> tuple[torch.Tensor, np.ndarray]:
     """Optimize one batch of images; returns them as uint8 (on the CPU) and the objective at every step."""
     seeds = [unit_seed(seed, u, d) for u, d in jobs]
     batch = ImageBatch(param, seeds, size, spectrum=spectrum, device=dev)
@@ -234,5 +239,7 @@ def _optimize(loaded: LoadedModel, module: torch.nn.Module, layer: str, jobs: li
         batch.values.grad = grad
         optimizer.step()
         trace[:, step] = stat.detach().float()
+        if meter is not None:
+            meter.update(1)
     with torch.no_grad():
         return (batch() * 255).round().to(torch.uint8).cpu(), trace.cpu().numpy()

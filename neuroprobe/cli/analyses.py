@@ -1,0 +1,56 @@
+"""``report``: selectivity, top/bottom-K images, opponent responses and RDMs from a store (no model needed)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import common
+
+
+def add_commands(sub) -> None:
+    p = common.command(sub, "report", _report, "selectivity, top/bottom-K images and opponent responses: CSV + PNG",
+                       "Read a store (a folder or an fsspec URL such as s3://bucket/run.zarr; no model needed) and "
+                       "write selectivity.csv, topk.csv, opponent.csv, summary.csv and PNG figures into --out.")
+    p.add_argument("store")
+    p.add_argument("--category", default="dog", help="category to analyse; 'dog' = ImageNet classes 151-268 "
+                                                     "of the class_index column (default: %(default)s)")
+    p.add_argument("--category-column", default=None, help="image-table column holding the category (or the "
+                                                           "labels that --category-map maps)")
+    p.add_argument("--category-map", default=None, help="CSV with columns label,category")
+    common.add_layers(p, required=False, stored=True)
+    p.add_argument("--stat", default="mean", choices=["mean", "max", "min", "area"],
+                   help="statistic the selectivity indices use (default: %(default)s)")
+    p.add_argument("--normalization", default="minmax", choices=["minmax", "rectify"],
+                   help="per-unit normalization before the indices (default: %(default)s)")
+    p.add_argument("--threshold", type=float, default=0.65, help="selective above this index (default: %(default)s)")
+    p.add_argument("--permutations", type=int, default=1000,
+                   help="label permutations for p-values, 0: none (default: %(default)s)")
+    common.add_seed(p, "the permutations")
+    p.add_argument("--k", type=int, default=9, help="top-K and bottom-K images per unit (default: %(default)s)")
+    p.add_argument("--n", type=int, default=50, help="strongest responses per side for the opponent counts "
+                                                     "(default: %(default)s)")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="dask.distributed scheduler (e.g. tcp://10.0.0.5:8786): read and reduce the store's chunks "
+                        "on its workers; the tables equal the single-process ones (needs neuroprobe[dask])")
+    p.add_argument("--rdm-by", default=None, metavar="COLUMN",
+                   help="also rdm_<layer>.csv/.png: the RDM of the category means of this image-table column")
+    p.add_argument("--rdm-method", default="correlation", choices=["correlation", "euclidean"],
+                   help="RDM dissimilarity, as rsatoolbox defines it (default: %(default)s)")
+    common.add_incomplete(p)
+    common.add_folder_out(p, "the CSV tables and PNG figures")
+
+
+def _report(args) -> int:
+    from ..analysis.report import report
+
+    summary = report(args.store, args.out, args.category, layers=args.layers, stat=args.stat, k=args.k, n=args.n,
+                     threshold=args.threshold, permutations=args.permutations, seed=args.seed,
+                     column=args.category_column, mapping=args.category_map, normalization=args.normalization,
+                     scheduler=args.scheduler, rdm_by=args.rdm_by, rdm_method=args.rdm_method,
+                     allow_incomplete=args.allow_incomplete)
+    print(f"{args.category}-selective units (Malakhova index on {args.stat}, {args.normalization} normalized, "
+          f">= {args.threshold:g}):")
+    for row in summary.itertuples():
+        print(f"  {row.layer:<24} {row.selective:>5} of {row.units:<5} median {row.median_index:.3f}  "
+              f"max {row.max_index:.3f}  p<0.05: {row.significant_p05:<5} r(pos, neg) {row.r_positive_negative:+.2f}")
+    print(f"tables and figures in {Path(args.out).resolve()}")
+    return 0
