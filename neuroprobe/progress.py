@@ -20,7 +20,8 @@ from typing import Iterable, Iterator, TypeVar
 log = logging.getLogger(__name__)
 MODES = ("auto", "bar", "log", "off")
 _MODE: contextvars.ContextVar[str] = contextvars.ContextVar("neuroprobe_progress_mode", default="auto")
-_open_bars = 0  # bars on screen now: a meter opened inside another one's job draws below it and vanishes when done
+_open = 0  # meters open now: one opened inside another one's job draws below it, vanishes when done, and
+#           says its total only at DEBUG, so the outer job's lines stay readable
 T = TypeVar("T")
 
 
@@ -64,20 +65,25 @@ class Progress:
 
     def __init__(self, total: int | None, desc: str, unit: str = "img", *, mode: str | None = None,
                  rank: int = 0) -> None:
-        global _open_bars
+        global _open
         self.total, self.desc, self.unit = total, desc, unit
         self.mode = _resolve(mode)
         if self.mode == "bar" and rank != 0:
             self.mode = "log"
         self.count, self.start = 0, time.monotonic()
         self.last, self.interval, self.closed = self.start, _interval(), False
-        self.bar = None
+        self.bar, self.redirect, self.outermost = None, None, _open == 0
+        _open += 1
         if self.mode == "bar":
             from tqdm.auto import tqdm
 
+            if self.outermost:  # log lines go above the bar instead of through it
+                from tqdm.contrib.logging import logging_redirect_tqdm
+
+                self.redirect = logging_redirect_tqdm()
+                self.redirect.__enter__()
             self.bar = tqdm(total=total, unit=unit, desc=desc, dynamic_ncols=True, smoothing=0.1,
-                            leave=_open_bars == 0)
-            _open_bars += 1
+                            leave=self.outermost)
 
     def update(self, n: int = 1) -> None:
         """``n`` more units done."""
@@ -99,15 +105,18 @@ class Progress:
                 f"{rate:.3g} {self.unit}/s, ETA {_clock(eta) if eta == eta else '?'}")
 
     def close(self) -> None:
-        global _open_bars
+        global _open
         if self.closed:
             return
         self.closed = True
+        _open -= 1
         if self.bar is not None:
             self.bar.close()
-            _open_bars -= 1
+        if self.redirect is not None:
+            self.redirect.__exit__(None, None, None)
         elapsed = time.monotonic() - self.start
-        log.log(logging.DEBUG if self.mode == "off" else logging.INFO, "%s: %d %s in %s (%.3g %s/s)", self.desc,
+        quiet = self.mode == "off" or not self.outermost
+        log.log(logging.DEBUG if quiet else logging.INFO, "%s: %d %s in %s (%.3g %s/s)", self.desc,
                 self.count, self.unit, _clock(elapsed), self.count / max(elapsed, 1e-9), self.unit)
 
     def __enter__(self) -> "Progress":

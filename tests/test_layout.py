@@ -28,6 +28,11 @@ TIERS = [
 TIER = {unit: level for level, units in enumerate(TIERS) for unit in units}
 
 
+def _exists(module: str) -> bool:
+    path = PACKAGE.parent / module.replace(".", "/")
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
 def _unit(module: str) -> str:
     """'neuroprobe.maps.occlusion' -> 'maps'; 'neuroprobe' -> '__init__'."""
     parts = module.split(".")
@@ -56,7 +61,8 @@ def _imports(path: Path, module: str, is_package: bool):
                 target = node.module or ""
             if target == "neuroprobe" or target.startswith("neuroprobe."):
                 for alias in node.names:  # 'from . import plots' imports a module of the folder
-                    yield node.lineno, f"{target}.{alias.name}" if target.count(".") == 0 else target
+                    submodule = f"{target}.{alias.name}"
+                    yield node.lineno, submodule if _exists(submodule) else target
         elif isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name.startswith("neuroprobe"):
@@ -76,6 +82,9 @@ def test_imports_run_downward_only():
         if path.name == "__main__.py" and module.count(".") == 1:
             unit = "__main__"
         for line, target in _imports(path, module, is_package):
+            if not _exists(target):
+                wrong.append(f"{path.relative_to(PACKAGE.parent)}:{line} imports {target}, which does not exist")
+                continue
             other = _unit(target)
             if other in ("__init__",) and target != "neuroprobe":
                 continue

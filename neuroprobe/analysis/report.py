@@ -44,7 +44,7 @@ def report(store: str | Path, out: str | Path, category: str = "dog", *, layers:
     """
     import matplotlib.pyplot as plt
 
-    from .. import plots
+    from . import plots
 
     state = require_complete(store, allow_incomplete)
     out = Path(out)

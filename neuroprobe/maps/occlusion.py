@@ -11,6 +11,7 @@ the image. ``discrepancy = original - occluded`` (positive where the patch lower
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from dataclasses import dataclass, field
@@ -154,7 +155,7 @@ def discrepancy_maps(model: LoadedModel | nn.Module, images: torch.Tensor, layer
     if images.ndim != 4:
         raise NeuroprobeError(f"images must be a (batch, channels, height, width) tensor, not shape {tuple(images.shape)}")
     if stride > window:
-        log.warning("stride %d > window %d: the occluders leave pixels uncovered (NaN in the pixel view)", stride, window)
+        _warn_uncovered(stride, window)
     dev = resolve_device(device)
     keep_freed_memory_on_cpu(dev)
     module, pixels, normalize, value_range = _inputs(model, images, dev)
@@ -200,7 +201,7 @@ def discrepancy_maps(model: LoadedModel | nn.Module, images: torch.Tensor, layer
         rows = torch.arange(height, device=dev)
         cols = torch.arange(width, device=dev)
         ty, tx = torch.as_tensor(pos_y, device=dev), torch.as_tensor(pos_x, device=dev)
-        log.info("layer %s: %d occluded copies of %d image(s), %d per pass", layer, len(jobs), len(pixels), n)
+        log.debug("layer %s: %d occluded copies of %d image(s), %d per pass", layer, len(jobs), len(pixels), n)
         with capture, Progress(len(jobs), f"occlusion ({layer})", "copy") as meter:
             for start in range(0, len(jobs), n):
                 job = torch.as_tensor(jobs[start:start + n], device=dev)
@@ -222,6 +223,12 @@ def discrepancy_maps(model: LoadedModel | nn.Module, images: torch.Tensor, layer
     return DiscrepancyMaps(maps, np.asarray(unit_index), reference.cpu().numpy(), peak, peak_px, evaluated, layer,
                            window, stride, fill, response, absolute, rf_only, (int(height), int(width)), pos_y, pos_x,
                            {k: float(v) for k, v in rf.items() if k != "layer"})
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_uncovered(stride: int, window: int) -> None:
+    """Once per setting, not once per image of a long job."""
+    log.warning("stride %d > window %d: the occluders leave pixels uncovered (NaN in the pixel view)", stride, window)
 
 
 def _inputs(model, images: torch.Tensor, dev: torch.device):
