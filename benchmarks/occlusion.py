@@ -131,7 +131,7 @@ class BatchLog(logging.Handler):
     """Remembers the last 'occluded copies ... per pass' line neuroprobe logs (the batch size it chose)."""
 
     def __init__(self) -> None:
-        super().__init__(logging.INFO)
+        super().__init__(logging.DEBUG)
         self.copies = self.batch = None
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -453,7 +453,7 @@ def main(argv: list[str] | None = None) -> None:
 
     log = BatchLog()
     logger = logging.getLogger("neuroprobe.maps.occlusion")
-    logger.setLevel(logging.INFO)
+    logger.setLevel(logging.DEBUG)  # the batch it chose is a debug line
     logger.addHandler(log)
     logger.propagate = False
 

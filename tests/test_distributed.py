@@ -32,7 +32,7 @@ def test_torchrun_two_processes_equal_one(tmp_path):
                             timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert re.search(rf"{n_images} images, 0 already done, 11 chunks to do over 2 process\(es\)", result.stderr)
-    assert len(re.findall(r"processed \d+ images", result.stderr)) == 2  # both processes did work
+    assert len(re.findall(r"extract: \d+ img in", result.stderr)) == 2  # both processes did work
     assert len(re.findall(r"^images ", result.stdout, re.M)) == 1  # one summary, printed by rank 0
     assert re.search(rf"images\s+{n_images}: 40 done, 2 skipped \(unreadable\), 0 missing", result.stdout)
 

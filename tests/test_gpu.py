@@ -271,7 +271,8 @@ def test_no_host_synchronisation_per_batch(device, random_weights, tmp_path, mon
     Rehearsal on the CPU: the profiler runs with CPU activity only and sync-debug mode needs CUDA, so the
     counts are trivially 0; the test checks that the profiler saw the convolutions, and that the
     buffers are NOT pinned (pinned memory is only used on CUDA)."""
-    from neuroprobe import extract, load_model, writer
+    from neuroprobe import extract, load_model
+    from neuroprobe.engine import writer
     from neuroprobe.models.loading import LoadedModel, Preprocessing
     from helpers_robustness import sample_table
 

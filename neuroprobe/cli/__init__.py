@@ -18,7 +18,7 @@ import sys
 from ..errors import NeuroprobeError
 from . import (analyses, attention, attribution, exports, extraction, finetune, maps, retina,
                synthesis)
-from .common import progress_mode
+from .common import add_progress, progress_mode
 
 CAPABILITIES = (extraction, analyses, exports, maps, attribution, retina, attention, synthesis, finetune)
 QUIET_LOGGERS = ("PIL", "matplotlib", "urllib3", "fsspec", "asyncio", "botocore", "aiobotocore", "s3fs", "distributed")
@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for capability in CAPABILITIES:
         capability.add_commands(sub)
+    for command in sub.choices.values():
+        if command.get_default("long_job"):
+            add_progress(command)
     return parser
 
 

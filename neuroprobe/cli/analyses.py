@@ -7,9 +7,7 @@ from . import common
 
 
 def add_commands(sub) -> None:
-    p = common.command(sub, "report", _report, "selectivity, top/bottom-K images and opponent responses: CSV + PNG",
-                       "Read a store (a folder or an fsspec URL such as s3://bucket/run.zarr; no model needed) and "
-                       "write selectivity.csv, topk.csv, opponent.csv, summary.csv and PNG figures into --out.")
+    p = common.command(sub, "report", _report, "selectivity, top/bottom-K images and opponent responses: CSV + PNG")
     p.add_argument("store")
     p.add_argument("--category", default="dog", help="category to analyse; 'dog' = ImageNet classes 151-268 "
                                                      "of the class_index column (default: %(default)s)")
@@ -40,6 +38,9 @@ def add_commands(sub) -> None:
 
 
 def _report(args) -> int:
+    """Read a store (a folder or an fsspec URL such as s3://bucket/run.zarr; no model needed) and write
+    selectivity.csv, topk.csv, opponent.csv, summary.csv and PNG figures into --out.
+    """
     from ..analysis.report import report
 
     summary = report(args.store, args.out, args.category, layers=args.layers, stat=args.stat, k=args.k, n=args.n,

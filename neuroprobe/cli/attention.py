@@ -10,11 +10,7 @@ MAPS_HELP = ("folder of human importance maps mirroring the image paths (MAPS/<p
 
 
 def add_commands(sub) -> None:
-    p = common.command(sub, "align", _align, "Spearman alignment of a model's saliency with human importance maps",
-                       "For every image with a map, the Spearman correlation between the saliency map of the label "
-                       "and the human map (the authors' ClickMe preprocessing: resize to 64, blur, back), divided by "
-                       "the inter-rater ceiling. Writes alignment.csv, summary.csv (mean alignment, 95% t-interval, "
-                       "top-1) and alignment.png (best and worst).")
+    p = common.command(sub, "align", _align, "Spearman alignment of a model's saliency with human importance maps")
     common.add_model(p)
     common.add_data(p, needs="a column of class indices")
     p.add_argument("--maps", required=True, help=MAPS_HELP)
@@ -27,12 +23,7 @@ def add_commands(sub) -> None:
     common.add_device(p)
     common.add_folder_out(p, "the tables and the figure")
 
-    p = common.command(sub, "train-attention", _train_attention, "fine-tune a model with GALA modules and a map loss",
-                       "Insert GALA (global-and-local attention) modules before the --gala blocks and fine-tune on "
-                       "images with importance maps (the same --data/--maps as align): cross-entropy plus the --loss: "
-                       "none, gala (attention supervision, Linsley et al.) or harmonization (pyramidal saliency loss "
-                       "with double backpropagation, Fel et al.). Writes checkpoint.pt (load it with --weights in "
-                       "every command, with the same --model), metrics.csv (per step) and training.png.")
+    p = common.command(sub, "train-attention", _train_attention, "fine-tune a model with GALA modules and a map loss")
     common.add_model(p)
     p.add_argument("--gala", nargs="+", required=True, metavar="LAYER",
                    help="blocks to put a GALA module before (see 'layers'; e.g. blocks.4.0 blocks.5.0 for "
@@ -56,6 +47,10 @@ def add_commands(sub) -> None:
 
 
 def _align(args) -> int:
+    """For every image with a map, the Spearman correlation between the saliency map of the label and the human map
+    (the authors' ClickMe preprocessing: resize to 64, blur, back), divided by the inter-rater ceiling. Writes
+    alignment.csv, summary.csv (mean alignment, 95% t-interval, top-1) and alignment.png (best and worst).
+    """
     from ..attention.align_report import align
     from ..attention.alignment import CLICKME_CEILING
 
@@ -71,6 +66,12 @@ def _align(args) -> int:
 
 
 def _train_attention(args) -> int:
+    """Insert GALA (global-and-local attention) modules before the --gala blocks and fine-tune on images with
+    importance maps (the same --data/--maps as align): cross-entropy plus the --loss: none, gala (attention
+    supervision, Linsley et al.) or harmonization (pyramidal saliency loss with double backpropagation, Fel et
+    al.). Writes checkpoint.pt (load it with --weights in every command, with the same --model), metrics.csv
+    (per step) and training.png.
+    """
     from ..attention.train import summarize_history, train_attention_run
 
     common.at_least_one(steps=args.steps, batch_size=args.batch_size)

@@ -30,11 +30,7 @@ def method_options(args, method: str) -> dict:
 
 
 def add_commands(sub) -> None:
-    p = common.command(sub, "saliency", _saliency, "attribution maps of every image into a Zarr store",
-                       "One map per image for its target class (a column of class indices or the model's "
-                       "prediction) by one method: " + METHODS + ". Writes 'map' (image, y, x) at the input's "
-                       "resolution with target, predicted, score and probability; run the same command again to "
-                       "resume.")
+    p = common.command(sub, "saliency", _saliency, "attribution maps of every image into a Zarr store")
     common.add_model(p)
     p.add_argument("--method", required=True, choices=METHODS.split(", "), metavar="METHOD", help=f"one of: {METHODS}")
     common.add_data(p)
@@ -47,14 +43,7 @@ def add_commands(sub) -> None:
     common.add_store_out(p, "gradcam.zarr", "saliency")
 
     p = common.command(sub, "localize", _localize,
-                       "grid pointing game: which method puts attribution on the right object",
-                       "Builds seeded grid x grid mosaics of correctly classified images of different classes (Böhle "
-                       "et al. 2022) and scores each method's map for every cell's class: 'grid' = share of positive "
-                       "attribution in that cell (uniform map: 1/grid^2), 'pointing' = maximum within 15 px of the "
-                       "cell. Writes scores.csv, summary.csv (mean and 95% t-interval per method), mosaics.csv, "
-                       "predictions.csv and examples.png. Cost per mosaic and method: one pass per batch for "
-                       "gradient, guided, gradcam and dff; --samples passes for smoothgrad; (--iterations + 1) passes "
-                       "per cell for feedback and global.")
+                       "grid pointing game: which method puts attribution on the right object")
     common.add_model(p)
     common.add_data(p, needs="a column of class indices")
     p.add_argument("--methods", default=METHODS.replace(", ", ","),
@@ -72,12 +61,18 @@ def add_commands(sub) -> None:
 
 
 def _saliency(args) -> int:
+    """One map per image for its target class (a column of class indices or the model's prediction) by one method:
+    gradient, guided, smoothgrad, gradcam, dff, feedback or global. Writes 'map' (image, y, x) at the input's
+    resolution with target, predicted, score and probability; run the same command again to resume.
+    """
     from ..maps.saliency_store import saliency
     from ..store.location import display, open_group
 
     out = saliency(args.model, args.data, args.out, args.method, weights=args.weights, layer=args.layer,
                    target=args.target, batch_size=args.batch_size, device=args.device, raw=args.raw,
                    overwrite=args.overwrite, **method_options(args, args.method))
+    if not common.first_process():
+        return 0
     group = open_group(out)
     done = group["done"][:]
     ok = group["images/status"][:] == "ok"
@@ -90,6 +85,13 @@ def _saliency(args) -> int:
 
 
 def _localize(args) -> int:
+    """Builds seeded grid x grid mosaics of correctly classified images of different classes (Böhle et al. 2022) and
+    scores each method's map for every cell's class: 'grid' = share of positive attribution in that cell
+    (uniform map: 1/grid^2), 'pointing' = maximum within 15 px of the cell. Writes scores.csv, summary.csv (mean
+    and 95% t-interval per method), mosaics.csv, predictions.csv and examples.png. Cost per mosaic and method:
+    one pass per batch for gradient, guided, gradcam and dff; --samples passes for smoothgrad; (--iterations +
+    1) passes per cell for feedback and global.
+    """
     from ..maps.localize_report import localize
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import inspect
+import os
 from typing import Callable
 
 from ..errors import NeuroprobeError
@@ -15,20 +17,28 @@ DATA_HELP = ("folder of images (subfolders = labels) or CSV with a 'path' column
              "other columns are kept")
 
 
-def command(sub, name: str, run: Callable, help: str, description: str | None = None, *,
-            long: bool = True, raw: bool = False) -> argparse.ArgumentParser:
-    """A subcommand that runs ``run(args)``; ``long`` jobs get ``--quiet`` and ``--no-progress``."""
-    parser = sub.add_parser(name, help=help, description=description or help[:1].upper() + help[1:] + ".",
-                            formatter_class=argparse.RawDescriptionHelpFormatter if raw else argparse.HelpFormatter)
-    parser.set_defaults(run=run)
-    if long:
-        group = parser.add_argument_group("progress")
-        group.add_argument("--quiet", action="store_true",
-                           help="no progress output (errors and the final summary are still printed)")
-        group.add_argument("--no-progress", action="store_true",
-                           help="a log line every 30 s instead of a progress bar (the default when stderr is not a "
-                                "terminal)")
+def command(sub, name: str, run: Callable, help: str, *, long: bool = True) -> argparse.ArgumentParser:
+    """A subcommand that runs ``run(args)``, described by ``run``'s docstring (or ``help``); ``long`` jobs get
+    ``--quiet`` and ``--no-progress``."""
+    description = inspect.cleandoc(run.__doc__) if run.__doc__ else help[:1].upper() + help[1:] + "."
+    parser = sub.add_parser(name, help=help, description=description)
+    parser.set_defaults(run=run, long_job=long)
     return parser
+
+
+def add_progress(parser: argparse.ArgumentParser) -> None:
+    """``--quiet`` and ``--no-progress``, last in a long job's help (``neuroprobe.cli`` adds them)."""
+    group = parser.add_argument_group("progress")
+    group.add_argument("--quiet", action="store_true",
+                       help="no progress output (errors and the final summary are still printed)")
+    group.add_argument("--no-progress", action="store_true",
+                       help="a log line every 30 s instead of a progress bar (the default when stderr is not a "
+                            "terminal)")
+
+
+def first_process() -> bool:
+    """Whether this is the only process, or rank 0 of a torchrun job (the one that prints the summary)."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def progress_mode(args: argparse.Namespace) -> str:

@@ -6,13 +6,7 @@ from . import common
 
 def add_commands(sub) -> None:
     p = common.command(sub, "export", _export,
-                       "a store as HDF5 (same layout), NetCDF, an rsatoolbox Dataset or a Brain-Score assembly",
-                       "hdf5: the store's groups, arrays and attributes in one HDF5 file (NaN rows kept). netcdf: "
-                       "pooled statistics, one NetCDF group per layer (image x unit). rsatoolbox: a Dataset (images x "
-                       "units, image table as obs_descriptors) in rsatoolbox's HDF5 format (needs pip install "
-                       "rsatoolbox). brainscore: a presentation x neuroid assembly as NetCDF (one neuroid per channel, "
-                       "or per channel and position for layers with stored spatial maps). All but hdf5 leave out "
-                       "unreadable images.")
+                       "a store as HDF5 (same layout), NetCDF, an rsatoolbox Dataset or a Brain-Score assembly")
     p.add_argument("store")
     p.add_argument("target", help="e.g. run.h5, run.nc")
     p.add_argument("--to", default="hdf5", choices=["hdf5", "netcdf", "rsatoolbox", "brainscore"],
@@ -29,6 +23,12 @@ def add_commands(sub) -> None:
 
 
 def _export(args) -> int:
+    """hdf5: the store's groups, arrays and attributes in one HDF5 file (NaN rows kept). netcdf: pooled statistics, one
+    NetCDF group per layer (image x unit). rsatoolbox: a Dataset (images x units, image table as
+    obs_descriptors) in rsatoolbox's HDF5 format (needs pip install rsatoolbox). brainscore: a presentation x
+    neuroid assembly as NetCDF (one neuroid per channel, or per channel and position for layers with stored
+    spatial maps). All but hdf5 leave out unreadable images.
+    """
     from ..exports import export
 
     print(export(args.store, args.target, args.to, layers=args.layers, stat=args.stat, spatial=not args.pooled,

@@ -2,27 +2,18 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from . import common
 
 
 def add_commands(sub) -> None:
-    p = common.command(sub, "layers", _layers, "list a model's layers, feature-map shapes and what is captured",
-                       "List every layer name you can pass to --layers, with the shape of its feature map (units, "
-                       "height, width) for one image, the layout its units were found in (channels-first; "
-                       "channels-last, as in ConvNeXt's and Swin's Linear layers; tokens, mapped to the patch grid, "
-                       "with a class token left out of statistics and maps; vector) and what is captured.", long=False)
+    p = common.command(sub, "layers", _layers, "list a model's layers, feature-map shapes and what is captured", long=False)
     common.add_model(p)
     p.add_argument("--filter", default="", help="only names containing this text")
     p.add_argument("--post-activation", action="store_true", help="describe the outputs instead")
 
-    p = common.command(sub, "extract", _extract, "pool layer activations of many images into a Zarr store",
-                       "Run images through a model, capture the pre-activation (the input of each layer's final "
-                       "nonlinearity) of the requested layers, pool every unit's map to min/mean/max/area on the "
-                       "device, and write a chunked, resumable store.\nRun the same command again to resume a "
-                       "killed job; under torchrun, every process takes its share of the chunks.", raw=True)
+    p = common.command(sub, "extract", _extract, "pool layer activations of many images into a Zarr store")
     common.add_model(p)
     common.add_data(p)
     common.add_layers(p)
@@ -55,6 +46,11 @@ def add_commands(sub) -> None:
 
 
 def _layers(args) -> int:
+    """List every layer name you can pass to --layers, with the shape of its feature map (units, height, width) for one
+    image, the layout its units were found in (channels-first; channels-last, as in ConvNeXt's and Swin's Linear
+    layers; tokens, mapped to the patch grid, with a class token left out of statistics and maps; vector) and
+    what is captured.
+    """
     import pandas as pd
 
     from ..models import load_model
@@ -70,6 +66,11 @@ def _layers(args) -> int:
 
 
 def _extract(args) -> int:
+    """Run images through a model, capture the pre-activation (the input of each layer's final nonlinearity) of the
+    requested layers, pool every unit's map to min/mean/max/area on the device, and write a chunked, resumable
+    store. Run the same command again to resume a killed job; under torchrun, every process takes its share of
+    the chunks.
+    """
     from ..data import MAX_PIXELS
     from ..engine import extract
 
@@ -79,7 +80,7 @@ def _extract(args) -> int:
                   memory_format="channels_last" if args.channels_last else args.memory_format,
                   chunk_size=args.chunk_size, overwrite=args.overwrite, max_pixels=args.max_pixels or MAX_PIXELS,
                   extra_attrs={"command": " ".join(["python -m neuroprobe", *sys.argv[1:]])})
-    if int(os.environ.get("RANK", "0")) == 0:
+    if common.first_process():
         print_info(out)
     return 0
 

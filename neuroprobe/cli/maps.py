@@ -23,11 +23,7 @@ def _occluder(parser) -> None:
 
 
 def add_commands(sub) -> None:
-    p = common.command(sub, "occlude", _occlude, "occlusion discrepancy maps of a layer's units for every image",
-                       "Slide a patch over each image and record, for every requested unit of the layer at once, "
-                       "original minus occluded pre-activation (at the position where the unit peaks on the "
-                       "original image, or pooled). Writes a Zarr store with 'discrepancy' (image, unit, y, x) over "
-                       "occluder positions; the geometry is in its attributes. Run the same command again to resume.")
+    p = common.command(sub, "occlude", _occlude, "occlusion discrepancy maps of a layer's units for every image")
     common.add_model(p)
     common.add_layer(p)
     common.add_data(p)
@@ -38,11 +34,7 @@ def add_commands(sub) -> None:
     p.add_argument("--absolute", action="store_true", help="store |original - occluded|")
     common.add_store_out(p, "occlusion.zarr", "occlusion")
 
-    p = common.command(sub, "rf", _rf, "empirical vs theoretical receptive fields from a store's top images",
-                       "For each unit: occlusion discrepancy maps of its top-K images (by spatial max, from the "
-                       "store), re-centred on the unit's position and averaged; the empirical RF is the connected "
-                       "region >= THRESHOLD x the maximum (size = sqrt of its area). Writes rf.csv, top_images.csv "
-                       "and PNG figures.")
+    p = common.command(sub, "rf", _rf, "empirical vs theoretical receptive fields from a store's top images")
     p.add_argument("store", help="a store made by 'extract' (the model is reloaded from its provenance)")
     p.add_argument("--layers", "--layer", nargs="+", required=True, metavar="LAYER", help="stored layer(s)")
     p.add_argument("--k", type=int, default=10, help="top images per unit (default: %(default)s)")
@@ -54,6 +46,11 @@ def add_commands(sub) -> None:
 
 
 def _occlude(args) -> int:
+    """Slide a patch over each image and record, for every requested unit of the layer at once, original minus occluded
+    pre-activation (at the position where the unit peaks on the original image, or pooled). Writes a Zarr store
+    with 'discrepancy' (image, unit, y, x) over occluder positions; the geometry is in its attributes. Run the
+    same command again to resume.
+    """
     from ..maps.occlusion_store import occlude
     from ..store.location import display, open_group
 
@@ -61,6 +58,8 @@ def _occlude(args) -> int:
                   window=args.window, stride=args.stride, fill=args.fill, response=args.response,
                   absolute=args.absolute, rf_only=args.rf_only, device=args.device, overwrite=args.overwrite,
                   batch_size=args.batch_size)
+    if not common.first_process():
+        return 0
     group = open_group(out)
     print(f"store    {display(out)}")
     print(f"maps     discrepancy {'x'.join(map(str, group['discrepancy'].shape))} (image, unit, y, x); "
@@ -69,6 +68,10 @@ def _occlude(args) -> int:
 
 
 def _rf(args) -> int:
+    """For each unit: occlusion discrepancy maps of its top-K images (by spatial max, from the store), re-centred on
+    the unit's position and averaged; the empirical RF is the connected region >= THRESHOLD x the maximum (size
+    = sqrt of its area). Writes rf.csv, top_images.csv and PNG figures.
+    """
     from ..maps.receptive_fields_report import rf_report
 
     table = rf_report(args.store, args.layers, args.out, k=args.k, units=common.parse_units(args.units),

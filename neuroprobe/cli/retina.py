@@ -7,12 +7,7 @@ from . import common
 
 
 def add_commands(sub) -> None:
-    p = common.command(sub, "search", _search, "likelihood maps over retinotopic views, and visual search policies",
-                       "Classify every retinotopic view of every image (one per fixation of a layout) and score "
-                       "visual search policies on the resulting likelihood maps: centre view, label-driven, uncued "
-                       "(max logit), IGUB, majority vote, summed logits, oracle. Writes likelihood.zarr (resumable: "
-                       "run the same command again), search.csv (per image and policy), summary.csv (accuracy, 95% "
-                       "Wilson interval) and accuracy.png, likelihood_maps.png, views.png into --out.")
+    p = common.command(sub, "search", _search, "likelihood maps over retinotopic views, and visual search policies")
     common.add_model(p)
     common.add_data(p)
     p.add_argument("--layout", choices=["grid", "rings"], default="grid",
@@ -23,11 +18,11 @@ def add_commands(sub) -> None:
     p.add_argument("--radius", type=float, default=None,
                    help="view radius in units of the image's inscribed circle (default: 0.5 for grid; for rings the "
                         "outer ring's, 0.1)")
+    p.add_argument("--padding", choices=["zeros", "border", "reflection"], default="zeros",
+                   help="what views see outside the image; zeros = the normalization's mean colour (default: %(default)s)")
     p.add_argument("--view", choices=["logpolar", "crop"], default="logpolar",
                    help="logpolar (the retinotopic view) or crop (the Cartesian control: the square around the same "
                         "circle, resized) (default: %(default)s)")
-    p.add_argument("--padding", choices=["zeros", "border", "reflection"], default="zeros",
-                   help="what views see outside the image; zeros = the normalization's mean colour (default: %(default)s)")
     p.add_argument("--view-size", type=int, default=None, help="view side in px (default: the model's input size)")
     p.add_argument("--source-scale", type=float, default=2.0,
                    help="images are decoded at this multiple of the model's resolution before views are sampled "
@@ -41,13 +36,7 @@ def add_commands(sub) -> None:
     common.add_overwrite(p, "likelihood")
 
     p = common.command(sub, "saccade", _saccade,
-                       "train dorsal networks (k-fold) and evaluate active vision on a likelihood store",
-                       "From one coarse grayscale log-polar glimpse of each image, a dorsal network (frozen backbone "
-                       "of the store's model + linear head) predicts where the ventral network is right; a saccade "
-                       "goes there and the ventral view classifies. Every image is scored by a head trained on the "
-                       "other folds. Writes dorsal_fold<k>.pt, active_vision.csv, summary.csv (accuracy with 95% "
-                       "intervals, difference from the centre view, share of the centre -> oracle gap closed), "
-                       "accuracy.png and dorsal_maps.png.")
+                       "train dorsal networks (k-fold) and evaluate active vision on a likelihood store")
     p.add_argument("--likelihood", required=True, help="a likelihood store made by 'search' (DIR/likelihood.zarr, or DIR)")
     p.add_argument("--data", required=True, help="the image table the store was made from")
     common.add_incomplete(p, "likelihood store")
@@ -66,6 +55,12 @@ def add_commands(sub) -> None:
 
 
 def _search(args) -> int:
+    """Classify every retinotopic view of every image (one per fixation of a layout) and score visual search policies
+    on the resulting likelihood maps: centre view, label-driven, uncued (max logit), IGUB, majority vote, summed
+    logits, oracle. Writes likelihood.zarr (resumable: run the same command again), search.csv (per image and
+    policy), summary.csv (accuracy, 95% Wilson interval) and accuracy.png, likelihood_maps.png, views.png into
+    --out.
+    """
     from ..retina.report import search_report
 
     common.at_least_one(grid=args.grid)
@@ -74,6 +69,8 @@ def _search(args) -> int:
                             source_scale=args.source_scale, label_column=args.label_column,
                             batch_size=args.batch_size, views_per_pass=args.views_per_pass, device=args.device,
                             amp=args.amp, overwrite=args.overwrite, examples=args.examples)
+    if summary is None:  # a torchrun rank other than 0: rank 0 scores the store and prints
+        return 0
     first = summary.iloc[0]
     print(f"visual search, {first.layout} layout, {first.fixations} {first.view} views, {summary.n.max()} labelled images "
           "(accuracy, 95% interval):")
@@ -84,6 +81,12 @@ def _search(args) -> int:
 
 
 def _saccade(args) -> int:
+    """From one coarse grayscale log-polar glimpse of each image, a dorsal network (frozen backbone of the store's
+    model + linear head) predicts where the ventral network is right; a saccade goes there and the ventral view
+    classifies. Every image is scored by a head trained on the other folds. Writes dorsal_fold<k>.pt,
+    active_vision.csv, summary.csv (accuracy with 95% intervals, difference from the centre view, share of the
+    centre -> oracle gap closed), accuracy.png and dorsal_maps.png.
+    """
     from ..retina.dorsal import DorsalTraining
     from ..retina.report import saccade_report
 

@@ -7,12 +7,7 @@ from . import common
 
 
 def add_commands(sub) -> None:
-    p = common.command(sub, "visualize", _visualize, "manufactured images that drive (or silence) units",
-                       "Optimize one image per unit to drive (max) or silence (min) its pre-activation, the same "
-                       "capture point as extract, all units in one batch. With --store, each image's activation is "
-                       "also given as a fraction of the unit's strongest natural image, and each unit gets a figure "
-                       "beside its top-K and bottom-K natural images. Writes visualize.csv, "
-                       "images/<unit>_<direction>.png, grid.png and units/*.png.")
+    p = common.command(sub, "visualize", _visualize, "manufactured images that drive (or silence) units")
     common.add_model(p, from_store=True)
     common.add_layer(p)
     common.add_units(p, required=True)
@@ -39,6 +34,11 @@ def add_commands(sub) -> None:
 
 
 def _visualize(args) -> int:
+    """Optimize one image per unit to drive (max) or silence (min) its pre-activation, the same capture point as
+    extract, all units in one batch. With --store, each image's activation is also given as a fraction of the
+    unit's strongest natural image, and each unit gets a figure beside its top-K and bottom-K natural images.
+    Writes visualize.csv, images/<unit>_<direction>.png, grid.png and units/*.png.
+    """
     from ..synthesis.run import visualize_run
 
     common.at_least_one(steps=args.steps, batch_size=args.batch_size)

@@ -17,11 +17,12 @@ import torch
 from ..models.capture import probe
 from ..data import ImageDataset, Manifest, read_manifest
 from ..errors import NeuroprobeError
-from ..store.location import Location
 from ..engine.device import resolve_device
+from ..engine.distributed import Distributed
+from ..engine.map_jobs import start_map_job
 from ..progress import Progress
 from ..models.loading import LoadedModel, load_model
-from ..store.map_store import ArraySpec, consolidate, as_json, mark_done, open_map_store
+from ..store.map_store import ArraySpec, mark_done
 from .occlusion import discrepancy_maps, occluder_positions
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ def occlude(model: str | LoadedModel, data: str | Path | Manifest, layer: str, o
     """Discrepancy maps of ``units`` of ``layer`` for every image of ``data``, into the store ``out``."""
     loaded = model if isinstance(model, LoadedModel) else load_model(model, weights)
     manifest = data if isinstance(data, Manifest) else read_manifest(data)
-    dev = resolve_device(device)
+    dev = resolve_device(device, Distributed.from_environment().local_rank)
     crop = loaded.preprocessing.crop
     info = probe(loaded.module.to(dev).eval(), [layer], torch.zeros(1, 3, crop, crop, device=dev))[layer]
     if len(info.shape) != 3:
@@ -49,29 +50,25 @@ def occlude(model: str | LoadedModel, data: str | Path | Manifest, layer: str, o
     arrays = {"discrepancy": ArraySpec((len(unit_list), ny, nx), ("unit", "y", "x")),
               "reference": ArraySpec((len(unit_list),), ("unit",)),
               "peak_px": ArraySpec((len(unit_list), 2), ("unit", "axis"))}
-    group = open_map_store(out, "occlusion", settings, manifest, arrays, overwrite)
-    if "units" not in group["discrepancy"].attrs:
-        group["discrepancy"].attrs["units"] = unit_list
-    done = group["done"]
-    pending = np.flatnonzero(~done[:])
-    log.info("%d of %d images to do (%d occluded copies each at most)", len(pending), len(manifest), ny * nx)
+    job = start_map_job(out, "occlusion", settings, manifest, arrays, overwrite,
+                        setup=lambda group: group["discrepancy"].attrs.update({"units": unit_list}))
+    if job.dist.rank == 0:
+        log.info("%d of %d images to do (%d occluded copies each at most) over %d process(es)", job.pending,
+                 len(manifest), ny * nx, job.dist.world_size)
     dataset = ImageDataset(manifest, loaded.preprocessing)
-    meter = Progress(len(pending), "occlude", "img")
-    for count, row in enumerate(pending, start=1):
-        _, image, ok, reason = dataset[int(row)]
-        if ok:
-            maps = discrepancy_maps(loaded, image[None], layer, units=unit_list, window=window, stride=stride,
-                                    fill=fill, response=response, absolute=absolute, rf_only=rf_only,
-                                    device=device, seed=seed + int(row), **options)
-            group["discrepancy"][row] = maps.values[0]
-            group["reference"][row] = maps.reference[0]
-            group["peak_px"][row] = maps.peak_px[0]
-            if count == 1 or "geometry" not in group["discrepancy"].attrs:
-                group["discrepancy"].attrs.update(as_json(maps.geometry))
-        mark_done(group, [row], [ok], [reason])
-        meter.update(1)
-        if not ok:
-            log.info("image %d (%s) skipped: %s", row, manifest.table["path"].iat[row], reason)
-    meter.close()
-    consolidate(out)
-    return Location.of(out).path or str(out)
+    with Progress(job.rows, "occlude", "img", rank=job.dist.rank) as meter:
+        for (row,) in job.batches:
+            _, image, ok, reason = dataset[row]
+            if ok:
+                maps = discrepancy_maps(loaded, image[None], layer, units=unit_list, window=window, stride=stride,
+                                        fill=fill, response=response, absolute=absolute, rf_only=rf_only,
+                                        device=str(dev), seed=seed + row, **options)
+                for name, values in (("discrepancy", maps.values), ("reference", maps.reference),
+                                     ("peak_px", maps.peak_px)):
+                    job.group[name][row] = values[0]
+                job.learn("discrepancy", maps.geometry)
+            else:
+                log.info("image %d (%s) skipped: %s", row, manifest.table["path"].iat[row], reason)
+            mark_done(job.group, [row], [ok], [reason])
+            meter.update(1)
+    return job.finish()

@@ -13,16 +13,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import zarr
 
 from ..models.capture import Capture
 from ..data import ImageDataset, Manifest, read_manifest
 from ..errors import NeuroprobeError
-from ..store.location import Location
 from ..engine.device import resolve_device
+from ..engine.distributed import Distributed
+from ..engine.map_jobs import MapJob, start_map_job
 from ..progress import Progress
 from ..models.loading import LoadedModel, load_model
-from ..store.map_store import ArraySpec, consolidate, mark_done, open_map_store
+from ..store.map_store import ArraySpec, mark_done
 from .methods import LAYER_METHODS, attribute, check_methods, last_spatial_layer
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ def saliency(model: str | LoadedModel, data: str | Path | Manifest, out: str | P
     (method,) = check_methods([method])
     loaded = model if isinstance(model, LoadedModel) else load_model(model, weights)
     manifest = data if isinstance(data, Manifest) else read_manifest(data)
-    dev = resolve_device(device)
+    dev = resolve_device(device, Distributed.from_environment().local_rank)
     module = loaded.module.to(dev).eval()
     crop = loaded.preprocessing.crop
     blank = torch.zeros(1, 3, crop, crop, device=dev)
@@ -83,36 +83,34 @@ def saliency(model: str | LoadedModel, data: str | Path | Manifest, out: str | P
     settings = {"model": loaded.name, "provenance": loaded.provenance, "method": method, "layer": layer,
                 "target": "prediction" if columns is None else (target or DEFAULT_TARGET_COLUMN),
                 "options": options, "raw": raw, "image_size": crop, "data": manifest.fingerprint()}
-    group = open_map_store(out, "saliency", settings, manifest, arrays, overwrite, rows_per_chunk=batch_size)
-    pending = np.flatnonzero(~group["done"][:])
-    log.info("%s maps: %d of %d images to do", method, len(pending), len(manifest))
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ImageDataset(manifest, loaded.preprocessing), pending),
-                                         batch_size=batch_size)
-    with Progress(len(pending), f"saliency ({method})", "img") as meter:
+    job = start_map_job(out, "saliency", settings, manifest, arrays, overwrite, rows_per_chunk=batch_size)
+    if job.dist.rank == 0:
+        log.info("%s maps: %d of %d images to do over %d process(es)", method, job.pending, len(manifest),
+                 job.dist.world_size)
+    loader = torch.utils.data.DataLoader(ImageDataset(manifest, loaded.preprocessing), batch_sampler=job.batches)
+    with Progress(job.rows, f"saliency ({method})", "img", rank=job.dist.rank) as meter:
         for rows, images, ok, reasons in loader:
             rows, ok = rows.numpy(), ok.numpy()
             if ok.any():
-                _write(group, rows[ok], module, loaded.preprocessing.normalize(images[torch.from_numpy(ok)].to(dev)),
+                _write(job, rows[ok], module, loaded.preprocessing.normalize(images[torch.from_numpy(ok)].to(dev)),
                        columns, method, layer, raw, options)
-            mark_done(group, rows, ok, reasons)
+            mark_done(job.group, rows, ok, reasons)
             meter.update(len(rows))
-    consolidate(out)
-    return Location.of(out).path or str(out)
+    return job.finish()
 
 
-def _write(group: zarr.Group, rows: np.ndarray, module, x: torch.Tensor, columns, method: str, layer, raw: bool,
+def _write(job: MapJob, rows: np.ndarray, module, x: torch.Tensor, columns, method: str, layer, raw: bool,
            options: dict) -> None:
     with torch.no_grad():
         logits = module(x)
     predicted = logits.argmax(1)
     targets = predicted if columns is None else torch.as_tensor(columns[rows], device=x.device)
     result = attribute(module, x, targets, method, layer=layer, **options)
-    if "reduction" not in group["map"].attrs:
-        group["map"].attrs["reduction"] = result.reduction
+    job.learn("map", {"reduction": result.reduction})
     values = {"map": result.map[:, 0], "target": targets, "predicted": predicted,
               "score": logits.gather(1, targets[:, None])[:, 0],
               "probability": logits.softmax(1).gather(1, targets[:, None])[:, 0]}
     if raw:
         values["raw"] = result.raw[:, 0]
     for name, value in values.items():
-        group[name].oindex[rows] = value.detach().cpu().numpy()
+        job.group[name].oindex[rows] = value.detach().cpu().numpy()

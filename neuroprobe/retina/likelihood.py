@@ -16,6 +16,7 @@ small views are not upsampled from the 224 px crop; each view is ``view_size`` p
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,10 +27,12 @@ import zarr
 from ..data import MAX_PIXELS, Manifest, read_manifest
 from ..engine.device import AMP_DTYPES, MEMORY_FORMATS, autocast, choose_memory_format, default_workers, resolve_device
 from ..errors import NeuroprobeError
+from ..engine.distributed import Distributed
 from ..engine.loader import image_batches
+from ..engine.map_jobs import start_map_job
 from ..progress import Progress
 from ..engine.malloc import keep_freed_memory_on_cpu
-from ..store.map_store import ArraySpec, as_json, consolidate, mark_done, open_map_store
+from ..store.map_store import ArraySpec, as_json, mark_done
 from ..models.loading import LoadedModel, Preprocessing, load_model
 from .layouts import Fixations, make_layout
 from .views import KINDS, PADDINGS, RS_MAX, RS_MIN, retinotopic_views
@@ -136,7 +139,7 @@ def likelihood_maps(model: str | LoadedModel, data: str | Path | Manifest, out: 
     manifest = data if isinstance(data, Manifest) else read_manifest(data)
     settings = ViewSettings(view, padding, view_size or loaded.preprocessing.crop, rs_min, rs_max, source_scale).check()
     labels = labels_of(manifest, label_column)
-    dev = resolve_device(device)
+    dev = resolve_device(device, Distributed.from_environment().local_rank)
     keep_freed_memory_on_cpu(dev)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -154,27 +157,26 @@ def likelihood_maps(model: str | LoadedModel, data: str | Path | Manifest, out: 
                 "view": settings.__dict__, "preprocessing": loaded.preprocessing.to_dict(),
                 "label_column": label_column, "data": manifest.fingerprint(),
                 **({"amp": classifier.amp} if classifier.amp else {})}
-    group = open_map_store(Path(out), KIND, identity, manifest, arrays, overwrite, rows_per_chunk=batch_size)
-    group.attrs.update({"fixations": fixations.to_attrs(), "provenance": as_json(loaded.provenance),
-                        "preprocessing": loaded.preprocessing.to_dict()})   # what model_of() reads
-    pending = np.flatnonzero(~group["done"][:])
-    log.info("likelihood maps: %d of %d images to do, %d %s views each", len(pending), len(manifest),
-             len(fixations), settings.kind)
-    batches = [pending[i:i + batch_size].tolist() for i in range(0, len(pending), batch_size)]
+    root_attrs = {"fixations": fixations.to_attrs(), "provenance": as_json(loaded.provenance),
+                  "preprocessing": loaded.preprocessing.to_dict()}   # what model_of() reads
+    job = start_map_job(Path(out), KIND, identity, manifest, arrays, overwrite, rows_per_chunk=batch_size,
+                        setup=lambda group: group.attrs.update(root_attrs))
+    if job.dist.rank == 0:
+        log.info("likelihood maps: %d of %d images to do, %d %s views each, over %d process(es)", job.pending,
+                 len(manifest), len(fixations), settings.kind, job.dist.world_size)
     source = settings.source(loaded.preprocessing)
-    with torch.no_grad(), Progress(len(pending), "search (likelihood maps)", "img") as meter:
-        workers = default_workers(dev) if workers is None else workers
-        for batch in image_batches(manifest, source, batches, dev, workers=workers, max_pixels=max_pixels):
+    with torch.no_grad(), Progress(job.rows, "search (likelihood maps)", "img", rank=job.dist.rank) as meter:
+        workers = default_workers(dev, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))) if workers is None else workers
+        for batch in image_batches(manifest, source, job.batches, dev, workers=workers, max_pixels=max_pixels):
             rows_done = np.asarray(batch.rows)
             ok = batch.ok
             if ok.any():
                 images = source.normalize(batch.images[torch.from_numpy(ok)].to(dev))
-                _write(group, rows_done[ok], classifier(images, fixations))
-            group["target"].oindex[rows_done] = labels[rows_done]
-            mark_done(group, rows_done, ok, batch.reasons)
+                _write(job.group, rows_done[ok], classifier(images, fixations))
+            job.group["target"].oindex[rows_done] = labels[rows_done]
+            mark_done(job.group, rows_done, ok, batch.reasons)
             meter.update(len(rows_done))
-    consolidate(Path(out))
-    return Path(out)
+    return Path(job.finish())
 
 
 def _write(group: zarr.Group, rows: np.ndarray, logits: torch.Tensor) -> None:

@@ -14,6 +14,7 @@ from scipy.special import expit
 from ..engine.provenance import model_of
 from ..data import ImageDataset, Manifest, load_image, read_manifest
 from ..engine.device import resolve_device
+from ..engine.distributed import Distributed
 from ..errors import NeuroprobeError
 from ..progress import track
 from ..store.kinds import described, store_kind
@@ -40,8 +41,9 @@ def _save(fig: plt.Figure, path: Path, state=None) -> None:
 
 
 def search_report(model: str | LoadedModel, data: str | Path | Manifest, out: str | Path, *, examples: int = 4,
-                  attribution: Sequence[str] = ("gradcam", "dff"), **options) -> pd.DataFrame:
-    """Likelihood store, per-image search table, accuracy summary and figures in ``out``; returns the summary.
+                  attribution: Sequence[str] = ("gradcam", "dff"), **options) -> pd.DataFrame | None:
+    """Likelihood store, per-image search table, accuracy summary and figures in ``out``; returns the summary
+    (None on the ranks other than 0 of a torchrun job, which only compute their share of the store).
 
     ``options`` go to :func:`likelihood_maps` (layout, n, radius, view, padding, batch_size, device, ...).
     """
@@ -53,7 +55,10 @@ def search_report(model: str | LoadedModel, data: str | Path | Manifest, out: st
     out.mkdir(parents=True, exist_ok=True)
     loaded = model if isinstance(model, LoadedModel) else load_model(model, options.pop("weights", None))
     manifest = data if isinstance(data, Manifest) else read_manifest(data)
-    store = LikelihoodStore.open(likelihood_maps(loaded, manifest, out / "likelihood.zarr", **options))
+    path = likelihood_maps(loaded, manifest, out / "likelihood.zarr", **options)
+    if Distributed.from_environment().rank != 0:  # under torchrun, rank 0 scores the finished store alone
+        return None
+    store = LikelihoodStore.open(path)
     result = visual_search(store)
     result.table.to_csv(out / "search.csv", index=False)
     result.summary.to_csv(out / "summary.csv", index=False)
