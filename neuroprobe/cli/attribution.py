@@ -63,7 +63,8 @@ def add_commands(sub) -> None:
 def _saliency(args) -> int:
     """One map per image for its target class (a column of class indices or the model's prediction) by one method:
     gradient, guided, smoothgrad, gradcam, dff, feedback or global. Writes 'map' (image, y, x) at the input's
-    resolution with target, predicted, score and probability; run the same command again to resume.
+    resolution with target, predicted, score and probability; run the same command again to resume; under torchrun,
+    every process takes its share of the images.
     """
     from ..maps.saliency_store import saliency
     from ..store.location import display, open_group

@@ -49,7 +49,7 @@ def _occlude(args) -> int:
     """Slide a patch over each image and record, for every requested unit of the layer at once, original minus occluded
     pre-activation (at the position where the unit peaks on the original image, or pooled). Writes a Zarr store
     with 'discrepancy' (image, unit, y, x) over occluder positions; the geometry is in its attributes. Run the
-    same command again to resume.
+    same command again to resume; under torchrun, every process takes its share of the images.
     """
     from ..maps.occlusion_store import occlude
     from ..store.location import display, open_group

@@ -59,7 +59,7 @@ def _search(args) -> int:
     on the resulting likelihood maps: centre view, label-driven, uncued (max logit), IGUB, majority vote, summed
     logits, oracle. Writes likelihood.zarr (resumable: run the same command again), search.csv (per image and
     policy), summary.csv (accuracy, 95% Wilson interval) and accuracy.png, likelihood_maps.png, views.png into
-    --out.
+    --out. Under torchrun, every process computes its share of the likelihood maps and rank 0 scores them.
     """
     from ..retina.report import search_report
 
