@@ -104,7 +104,8 @@ class Progress:
         return (f"{self.desc}: {self.count}/{self.total} {self.unit} ({self.count / self.total:.0%}), "
                 f"{rate:.3g} {self.unit}/s, ETA {_clock(eta) if eta == eta else '?'}")
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
+        """End the meter; its total and rate are logged (at DEBUG when quiet, nested or ``failed``)."""
         global _open
         if self.closed:
             return
@@ -115,15 +116,15 @@ class Progress:
         if self.redirect is not None:
             self.redirect.__exit__(None, None, None)
         elapsed = time.monotonic() - self.start
-        quiet = self.mode == "off" or not self.outermost
+        quiet = self.mode == "off" or not self.outermost or failed
         log.log(logging.DEBUG if quiet else logging.INFO, "%s: %d %s in %s (%.3g %s/s)", self.desc,
                 self.count, self.unit, _clock(elapsed), self.count / max(elapsed, 1e-9), self.unit)
 
     def __enter__(self) -> "Progress":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, kind, *exc) -> None:
+        self.close(failed=kind is not None)   # a job that raised did not finish: its error is the last word
 
 
 def track(items: Iterable[T], desc: str, unit: str = "it", total: int | None = None, *,

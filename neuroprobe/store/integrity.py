@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import logging
 import warnings
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from typing import Any, Callable, Iterator
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
+from ..progress import Progress
 from ..errors import NeuroprobeError
 from .location import Location
 
@@ -55,19 +57,22 @@ def arrays(group: zarr.Group, prefix: str = "") -> Iterator[tuple[str, zarr.Arra
             yield f"{prefix}{name}", member
 
 
-def bad_chunks(store: Any, rows: set[int] | None = None, names: Callable[[str], bool] | None = None) -> list[BadChunk]:
+def bad_chunks(store: Any, rows: set[int] | None = None, names: Callable[[str], bool] | None = None, *,
+               progress: bool = True) -> list[BadChunk]:
     """Every chunk of the store that exists and does not decode (optionally only chunks covering image
-    ``rows``, of the arrays whose names pass ``names``)."""
+    ``rows``, of the arrays whose names pass ``names``). ``progress=False`` when it only words an error."""
     location = Location.of(store.location if hasattr(store, "location") else store)
     root = location.open_group(mode="r")
     per_entry = int(root.attrs.get("chunk_size", 1))  # journal entries count image chunks, not images
     n_images = int(root.attrs.get("n_images", 0))
     found = []
-    for name, array in arrays(root):
-        if not array.ndim or (names is not None and not names(name)):
-            continue
+    chosen = [(name, array) for name, array in arrays(root) if array.ndim and (names is None or names(name))]
+    total = sum(math.prod(-(-s // c) for s, c in zip(a.shape, a.chunks)) for _, a in chosen)
+    meter = Progress(total, f"checking {location}", "chunk", mode=None if progress else "off")
+    for name, array in chosen:
         step = array.chunks[0]
         for coords in itertools.product(*(range(-(-s // c)) for s, c in zip(array.shape, array.chunks))):
+            meter.update(1)
             lo = coords[0] * step
             span = range(lo, min(lo + step, array.shape[0]))
             if name == JOURNAL:
@@ -79,6 +84,7 @@ def bad_chunks(store: Any, rows: set[int] | None = None, names: Callable[[str], 
             except Exception as exc:  # noqa: BLE001 - zstd, crc32c and numcodecs errors have no common base
                 reason = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
                 found.append(BadChunk(name, coords, array.metadata.encode_chunk_key(coords), span, reason))
+    meter.close()
     return found
 
 
@@ -101,7 +107,7 @@ def readable(store: Any) -> Iterator[None]:
         raise
     except Exception as exc:
         try:
-            bad = bad_chunks(store)
+            bad = bad_chunks(store, progress=False)
         except Exception:  # noqa: BLE001 - the store itself is unreadable: the original error says more
             raise exc from None
         if not bad:
