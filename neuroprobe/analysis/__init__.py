@@ -3,6 +3,14 @@
 :func:`analyze` reads each needed statistic of each layer once and feeds every analysis from that
 single pass; :func:`selectivity`, :func:`top_images` and :func:`opponent` are the same with one part.
 :func:`rdm` gives a layer's representational dissimilarity matrix (rsatoolbox's definitions).
+
+Lives here: ``scan`` and ``dask_scan`` (one pass over a layer's blocks, locally or on a dask cluster), the
+collectors (``selectivity``, ``topk``, ``opponent``), ``categories``, ``rdm``, ``verify`` (stored values
+against the model), ``report`` (the ``report`` command's tables and figures) and ``plots``.
+
+May import: ``neuroprobe.engine``, ``neuroprobe.store``, ``neuroprobe.models``, ``neuroprobe.data``,
+``neuroprobe.training``, ``neuroprobe.progress`` and ``neuroprobe.errors``; never the capabilities beside or
+above it (exports, maps, retina, ...).
 """
 from __future__ import annotations
 

@@ -1,4 +1,10 @@
-"""Attention modules trained with importance maps (GALA), harmonization, and human-alignment scores."""
+"""Attention modules trained with importance maps (GALA), harmonization, and human-alignment scores.
+
+May import: ``neuroprobe.maps``, ``neuroprobe.exports``, ``neuroprobe.analysis`` and everything below them
+(``neuroprobe.engine``, ``neuroprobe.store``, ``neuroprobe.models``, ``neuroprobe.data``,
+``neuroprobe.training``, ``neuroprobe.progress`` and ``neuroprobe.errors``); never each other, the atlas or
+the CLI.
+"""
 from .align_report import align
 from .alignment import CLICKME_CEILING, alignment_scores, alignment_summary, spearman_rows, split_half_ceiling
 from .clickme import read_clickme_npz, read_clickme_tfrecords

@@ -3,6 +3,10 @@ rsatoolbox (a Dataset in its HDF5 format) and Brain-Score (a NeuroidAssembly as 
 
 Every export but ``hdf5`` (a verbatim copy, NaN rows included) leaves out the images that could not be
 read, and gives each kept image its store row (``image``) and a ``stimulus_id``.
+
+May import: ``neuroprobe.analysis`` and everything below it (``neuroprobe.engine``, ``neuroprobe.store``,
+``neuroprobe.models``, ``neuroprobe.data``, ``neuroprobe.training``, ``neuroprobe.progress`` and
+``neuroprobe.errors``); never maps or the capabilities above.
 """
 from __future__ import annotations
 

@@ -1,4 +1,10 @@
-"""Retinotopic views, likelihood maps, visual search policies and a dual-pathway active-vision model."""
+"""Retinotopic views, likelihood maps, visual search policies and a dual-pathway active-vision model.
+
+May import: ``neuroprobe.maps``, ``neuroprobe.exports``, ``neuroprobe.analysis`` and everything below them
+(``neuroprobe.engine``, ``neuroprobe.store``, ``neuroprobe.models``, ``neuroprobe.data``,
+``neuroprobe.training``, ``neuroprobe.progress`` and ``neuroprobe.errors``); never each other, the atlas or
+the CLI.
+"""
 from .active import saccades
 from .dorsal import ActiveVision, DorsalNetwork, Glimpse, GlimpseEncoder, load_dorsal, save_dorsal
 from .layouts import Fixations, fixation_grid, fixation_rings, make_layout
