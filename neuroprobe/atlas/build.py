@@ -90,6 +90,9 @@ def build(store: str | Path, out: str | Path, *, categories: Sequence[str] = ("d
 
     model = _model(store) if todo else None
     fields = _fields(model, todo, attrs)
+    if synthesize and todo and model is None:
+        raise NeuroprobeError("--synthesize needs the store's model, which could not be loaded; pass --visualize "
+                              "LAYER=DIR with folders written by: python -m neuroprobe visualize")
     if synthesize and todo:
         manufactured.update(_synthesize(store, out, todo, unit_lists, ids, model, synthesize_steps, device,
                                         manufactured))
@@ -107,10 +110,12 @@ def build(store: str | Path, out: str | Path, *, categories: Sequence[str] = ("d
                              profile, manifest, preprocessing, labels, paths, manufactured.get(name),
                              occluded if occluded and occluded.layer == name else None, options)
         writer.finish_layer(ids[name], prints[name], files)
+    parts = {name: json.loads((out / ".atlas" / f"{ids[name]}.json").read_text()) for name in names}
     meta = _meta(store, out, attrs, names, ids, unit_lists, options, thumb, profile, state, manufactured, occluded,
-                 empirical, command or _command(store, out, names, options, k, thumb, profile), fields)
+                 empirical, command or _command(store, out, names, options, k, thumb, profile),
+                 {name: part["rf"] for name, part in parts.items()})
     _write_pages(writer, meta)
-    _write_exports(writer, names, ids, meta)
+    _write_exports(writer, [parts[name] for name in names], meta)
     writer.save()
     size = writer.size()
     log.info("atlas written to %s: %d file(s) written, %d unchanged, %.1f MB", out, writer.written, writer.kept,
@@ -210,8 +215,8 @@ def _synthesize(store, out: Path, layers, unit_lists, ids, model, steps: int, de
         folder = out / ".atlas" / "visualize" / ids[layer]
         if not (folder / "visualize.csv").is_file():
             log.info("manufacturing max and min images of %d unit(s) of %s", len(unit_lists[layer]), layer)
-            visualize_run(folder, layer=layer, units=unit_lists[layer], model=model, store=store, steps=steps,
-                          direction="both", device=device)
+            visualize_run(folder, layer=layer, units=unit_lists[layer], model=model, steps=steps, direction="both",
+                          device=device)  # without the store: no figures of natural images the atlas shows anyway
         made[layer] = inputs.read_visualize(folder)
     return made
 
@@ -268,7 +273,8 @@ def _write_layer(writer: site.Writer, name: str, layer_id: str, numbers: LayerNu
             "classes": [", ".join(label for label, _ in numbers.classes[u]) for u in units],
             "chunk": CHUNK, "columns": GRID_COLUMNS, "size": thumb}
     put(f"data/{layer_id}/grid.js", site.assignment("ATLAS_GRID", layer_id, grid))
-    put(f".atlas/{layer_id}.json", site.script_json({"fields": numbers.fields, "rows": export}).encode())
+    put(f".atlas/{layer_id}.json", site.script_json({"fields": numbers.fields, "rows": export,
+                                                   "rf": field["size"] if field else None}).encode())
     return sorted(set(files))
 
 
@@ -351,7 +357,7 @@ def _report_command(store, layer, options: Options, category: str) -> str:
 
 
 def _meta(store, out: Path, attrs, names, ids, unit_lists, options: Options, thumb, profile, state, manufactured,
-          occluded, empirical, command, fields) -> dict:
+          occluded, empirical, command, rf_sizes) -> dict:
     from .collect import fields_for
 
     provenance = attrs.get("provenance", {})
@@ -371,7 +377,7 @@ def _meta(store, out: Path, attrs, names, ids, unit_lists, options: Options, thu
                    "rf": empirical.folder if empirical else None},
         "layers": [{"name": n_, "id": ids[n_], "units": unit_lists[n_], "count": len(unit_lists[n_]),
                     "spatial": n_ in attrs.get("spatial_layers", []),
-                    "rf": fields.get(n_, {}).get("size"),
+                    "rf": rf_sizes[n_],
                     "report": {c: _report_command(store, n_, options, c) for c in options.categories}}
                    for n_ in names],
     }
@@ -383,10 +389,9 @@ def _write_pages(writer: site.Writer, meta: dict) -> None:
     writer.write("index.html", site.render("index.html.j2", meta=meta, layers=meta["layers"]))
 
 
-def _write_exports(writer: site.Writer, names, ids, meta: dict) -> None:
+def _write_exports(writer: site.Writer, parts: list[dict], meta: dict) -> None:
     rows, fields = [], []
-    for name in names:
-        part = json.loads((writer.root / ".atlas" / f"{ids[name]}.json").read_text())
+    for part in parts:
         rows += part["rows"]
         fields = fields or part["fields"]
     for row in rows:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from . import common
 
+QUIET = ("--quiet", "--no-progress")  # how the build shows progress is no part of the command that reproduces it
+
 
 def add_commands(sub) -> None:
     p = common.command(sub, "atlas", _atlas, "a static site with one page per unit: top images, selectivity, "
@@ -66,7 +68,7 @@ def _atlas(args) -> int:
                     thumb_size=args.thumb_size, profile=args.profile, visualize=args.visualize,
                     synthesize=args.synthesize, synthesize_steps=args.synthesize_steps, occlusion=args.occlusion,
                     rf=args.rf, device=args.device, allow_incomplete=args.allow_incomplete,
-                    command=shlex.join(["python", "-m", "neuroprobe", *sys.argv[1:]]))
+                    command=shlex.join(["python", "-m", "neuroprobe", *[a for a in sys.argv[1:] if a not in QUIET]]))
     print(f"atlas of {len(summary['layers'])} layer(s): {len(summary['built'])} built, {len(summary['skipped'])} "
           f"unchanged; {summary['written']} file(s) written, {summary['unchanged']} unchanged; "
           f"{summary['bytes'] / 1e6:.1f} MB")
