@@ -103,11 +103,12 @@ def build(store: str | Path, out: str | Path, *, categories: Sequence[str] = ("d
     spatial = [s for s in attrs.get("spatial_layers", []) if s in todo]
     found = peak_finder.find(store, todo, needs, spatial, model, manifest, profile == "full", device)
     preprocessing = model.preprocessing if model is not None else _preprocessing(attrs)
+    pictures = crops.Pictures(manifest, preprocessing)
     labels = images[label_column(images)].astype(str).to_numpy()
     paths = images["path"].astype(str).to_numpy() if "path" in images else np.array([""] * len(images))
     for name in todo:
         files = _write_layer(writer, name, ids[name], numbers[name], needs[name], found, fields.get(name), thumb,
-                             profile, manifest, preprocessing, labels, paths, manufactured.get(name),
+                             profile, pictures, labels, paths, manufactured.get(name),
                              occluded if occluded and occluded.layer == name else None, options)
         writer.finish_layer(ids[name], prints[name], files)
     parts = {name: json.loads((out / ".atlas" / f"{ids[name]}.json").read_text()) for name in names}
@@ -222,7 +223,7 @@ def _synthesize(store, out: Path, layers, unit_lists, ids, model, steps: int, de
 
 
 def _write_layer(writer: site.Writer, name: str, layer_id: str, numbers: LayerNumbers, pairs, found, field,
-                 thumb: int, profile: str, manifest, preprocessing, labels, paths, manufactured, occluded,
+                 thumb: int, profile: str, pictures: crops.Pictures, labels, paths, manufactured, occluded,
                  options: Options) -> list[str]:
     """Sprites, chunk scripts, the grid script and the layer's export rows; the files written."""
     files: list[str] = []
@@ -241,13 +242,17 @@ def _write_layer(writer: site.Writer, name: str, layer_id: str, numbers: LayerNu
     with Progress(len(units), f"atlas {name}", "unit") as meter:
         for c in range(chunks):
             chunk_units = units[c * CHUNK:(c + 1) * CHUNK]
-            rows = sorted({p[0] for p in pairs if p[1] in set(chunk_units)})
-            pictures = crops.load(manifest, preprocessing, rows)
+            members = set(chunk_units)
+            rows = sorted({p[0] for p in pairs if p[1] in members})
+            shown = pictures.rows(rows)
             for row in rows:
-                put(f"img/{row}.jpg", crops.jpeg(pictures[row], 88))
+                if f"img/{row}.jpg" not in writer.seen:  # once per build, whichever layer shows it first
+                    put(f"img/{row}.jpg", crops.jpeg(shown[row], 88))
+                else:
+                    files.append(f"img/{row}.jpg")
             tiles, grid_tiles, records = [], [], []
             for r, u in enumerate(chunk_units):
-                record = _record(numbers, u, r, at, maps, grid_shape, field, pictures, thumb, labels, paths, profile,
+                record = _record(numbers, u, r, at, maps, grid_shape, field, shown, thumb, labels, paths, profile,
                                  tiles, grid_tiles, columns, options.k)
                 if manufactured and u in manufactured.images:
                     record["vis"] = {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections import OrderedDict
 from typing import Sequence
 
 import numpy as np
@@ -20,17 +21,31 @@ GREY = (128, 128, 128)
 JPEG_QUALITY = 82
 
 
-def load(manifest: Manifest | None, preprocessing, rows: Sequence[int]) -> dict[int, Image.Image]:
-    """row -> the RGB image the model saw (grey where unreadable or the data is gone)."""
-    crop = preprocessing.crop
-    if manifest is None:
-        return {row: Image.new("RGB", (crop, crop), GREY) for row in rows}
-    dataset = ImageDataset(manifest, preprocessing)
-    out = {}
-    for row in rows:
-        _, tensor, ok, _ = dataset[row]
-        out[row] = Image.fromarray(tensor.permute(1, 2, 0).numpy()) if ok else Image.new("RGB", (crop, crop), GREY)
-    return out
+class Pictures:
+    """The images the model saw, decoded once and kept (the ``limit`` most recently used): grey where unreadable
+    or where the data is gone."""
+
+    def __init__(self, manifest: Manifest | None, preprocessing, limit: int = 4096) -> None:
+        self.dataset = ImageDataset(manifest, preprocessing) if manifest is not None else None
+        self.crop, self.limit = preprocessing.crop, limit
+        self.kept: OrderedDict[int, Image.Image] = OrderedDict()
+
+    def __getitem__(self, row: int) -> Image.Image:
+        if row in self.kept:
+            self.kept.move_to_end(row)
+            return self.kept[row]
+        picture = Image.new("RGB", (self.crop, self.crop), GREY)
+        if self.dataset is not None:
+            _, tensor, ok, _ = self.dataset[row]
+            if ok:
+                picture = Image.fromarray(tensor.permute(1, 2, 0).numpy())
+        self.kept[row] = picture
+        if len(self.kept) > self.limit:
+            self.kept.popitem(last=False)
+        return picture
+
+    def rows(self, rows: Sequence[int]) -> dict[int, Image.Image]:
+        return {row: self[row] for row in rows}
 
 
 def box(peak: tuple[int, int] | None, field: dict | None, size: int) -> tuple[int, int, int, int]:

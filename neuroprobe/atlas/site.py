@@ -21,7 +21,8 @@ import numpy as np
 from ..errors import NeuroprobeError
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
-STATIC = ("atlas.css", "common.js", "layer.js", "unit.js", "layer.html", "unit.html")
+STATIC = ("atlas.css", "common.js", "layer.js", "unit.js")
+PAGES = ("layer.html", "unit.html")  # generic pages, driven by their URL hash
 MANIFEST = ".atlas/manifest.json"
 ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
 
@@ -80,8 +81,10 @@ class Writer:
         self.manifest.setdefault("layers", {})
         self.manifest.setdefault("files", {})
         self.written = self.kept = 0
+        self.seen: set[str] = set()  # files written or kept by this build
 
     def write(self, relative: str, data: bytes) -> None:
+        self.seen.add(relative)
         digest = hashlib.sha256(data).hexdigest()
         target = self.root / relative
         if self.manifest["files"].get(relative) == digest and target.is_file() and target.stat().st_size == len(data):
@@ -134,3 +137,5 @@ def render(name: str, **context: Any) -> bytes:
 def static_files(writer: Writer) -> None:
     for name in STATIC:
         writer.write(name, (TEMPLATES / name).read_bytes())
+    for name in PAGES:
+        writer.write(name, render(f"{name}.j2"))

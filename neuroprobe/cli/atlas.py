@@ -18,26 +18,9 @@ def add_commands(sub) -> None:
                        "units.csv and units.json beside it. It opens from file:// with no server and no network. "
                        "The numbers are report's (same options, same defaults). A rebuild redoes only what changed.")
     p.add_argument("store")
-    p.add_argument("--category", nargs="+", default=["dog"], metavar="CATEGORY",
-                   help="categories to analyse, as report's --category (one or more); 'dog' = ImageNet classes "
-                        "151-268 of the class_index column (default: dog)")
-    p.add_argument("--category-column", default=None, help="image-table column holding the category (or the "
-                                                           "labels that --category-map maps)")
-    p.add_argument("--category-map", default=None, help="CSV with columns label,category")
-    common.add_layers(p, required=False, stored=True)
+    common.add_selectivity(p, categories=True, stat_help=" and the top and bottom images",
+                           n_help=" and the top classes", top_k_alias=True)
     common.add_units(p)
-    p.add_argument("--stat", default="mean", choices=["mean", "max", "min", "area"],
-                   help="statistic of the selectivity indices and of the top/bottom images (default: %(default)s)")
-    p.add_argument("--normalization", default="minmax", choices=["minmax", "rectify"],
-                   help="per-unit normalization before the indices (default: %(default)s)")
-    p.add_argument("--threshold", type=float, default=0.65, help="selective above this index (default: %(default)s)")
-    p.add_argument("--permutations", type=int, default=1000,
-                   help="label permutations for p-values, 0: none (default: %(default)s)")
-    common.add_seed(p, "the permutations")
-    p.add_argument("--k", "--top-k", dest="k", type=int, default=9,
-                   help="top-K and bottom-K images per unit (default: %(default)s)")
-    p.add_argument("--n", type=int, default=50, help="strongest responses per side for the opponent counts and the "
-                                                     "top classes (default: %(default)s)")
     p.add_argument("--thumb-size", type=int, default=None,
                    help="thumbnail side in pixels (default: 64, 48 with --profile lite)")
     p.add_argument("--profile", choices=["full", "lite"], default="full",

@@ -52,9 +52,8 @@ window.NP = (function () {
   function num(v) { return el("td", {"class": "num", "data-value": v === null ? "" : v, title: v === null ? "" : String(v), text: fmt(v)}); }
 
   /* One tile of a sprite sheet: a clipped box holding the sheet, shifted to the tile. */
-  function tile(src, col, row, size, lazy) {
-    var img = el("img", {alt: "", draggable: "false", style: {left: (-col * size) + "px", top: (-row * size) + "px"}});
-    if (lazy) img.dataset.src = src; else img.src = src;
+  function tile(src, col, row, size) {
+    var img = el("img", {src: src, alt: "", draggable: "false", style: {left: (-col * size) + "px", top: (-row * size) + "px"}});
     return el("div", {"class": "thumb", style: {width: size + "px", height: size + "px"}}, img);
   }
 

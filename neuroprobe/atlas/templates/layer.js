@@ -7,7 +7,12 @@
   var controls = {sort: document.getElementById("sort"), dir: document.getElementById("dir"),
                   q: document.getElementById("q"), field: document.getElementById("field"),
                   min: document.getElementById("min"), max: document.getElementById("max")};
-  var cells = [], data = null, current = null, observer = null;
+  var PAGE = 240;          // cells added to the page at a time: rows load as they scroll into view
+  var made = [], order = [], rendered = 0, data = null, current = null, sortValues = null;
+  var sentinel = el("div", {id: "more", "aria-hidden": "true"});
+  var watcher = new IntersectionObserver(function (entries) {
+    if (entries.some(function (e) { return e.isIntersecting; })) more();
+  }, {rootMargin: "600px"});
   window.ATLAS_TIMING = {};
 
   function state() {
@@ -31,10 +36,47 @@
 
   function column(key) { var j = data.fields.indexOf(key); return j < 0 ? null : data.values[j]; }
 
+  /* The cell of the i-th unit of the layer, made the first time it is shown. */
+  function cell(i) {
+    if (!made[i]) {
+      var u = data.units[i], j = i % data.chunk, sheet = "sprites/" + current.id + "/g" + Math.floor(i / data.chunk) + ".jpg";
+      made[i] = el("a", {"class": "cell", href: NP.unitHref(current.name, u), "data-unit": u, title: data.classes[i]},
+                   NP.tile(sheet, j % data.columns, Math.floor(j / data.columns), data.size, false),
+                   el("span", {text: "unit " + u}), el("span", {"class": "value"}));
+    }
+    return made[i];
+  }
+
+  /* The next PAGE cells of the current order, before the sentinel; again while the sentinel is in view. */
+  function more() {
+    var end = Math.min(rendered + PAGE, order.length), fragment = document.createDocumentFragment();
+    for (; rendered < end; rendered++) {
+      var i = order[rendered], c = cell(i);
+      c.lastChild.textContent = sortValues ? NP.fmt(sortValues[i]) : "";
+      fragment.appendChild(c);
+    }
+    grid.insertBefore(fragment, sentinel);
+    if (rendered < order.length) {
+      requestAnimationFrame(function () {
+        if (sentinel.getBoundingClientRect().top < window.innerHeight + 600) more();
+      });
+    }
+  }
+
   function apply() {
     var t0 = performance.now();
-    var sortValues = column(controls.sort.value), sign = controls.dir.value === "asc" ? 1 : -1;
-    var order = cells.map(function (c, i) { return i; });
+    sortValues = column(controls.sort.value);
+    var sign = controls.dir.value === "asc" ? 1 : -1;
+    var words = controls.q.value.toLowerCase().trim();
+    var range = column(controls.field.value);
+    var lo = controls.min.value === "" ? -Infinity : Number(controls.min.value);
+    var hi = controls.max.value === "" ? Infinity : Number(controls.max.value);
+    order = [];
+    for (var i = 0; i < data.units.length; i++) {
+      if (words && data.classes[i].toLowerCase().indexOf(words) < 0) continue;
+      if (range && (range[i] === null || range[i] < lo || range[i] > hi)) continue;
+      order.push(i);
+    }
     if (sortValues) {
       order.sort(function (a, b) {
         var x = sortValues[a], y = sortValues[b];
@@ -44,48 +86,20 @@
         return x === y ? a - b : sign * (x - y);
       });
     }
-    var words = controls.q.value.toLowerCase().trim();
-    var range = column(controls.field.value);
-    var lo = controls.min.value === "" ? -Infinity : Number(controls.min.value);
-    var hi = controls.max.value === "" ? Infinity : Number(controls.max.value);
-    var shown = 0, fragment = document.createDocumentFragment();
-    order.forEach(function (i) {
-      var cell = cells[i], ok = true;
-      if (words && data.classes[i].toLowerCase().indexOf(words) < 0) ok = false;
-      if (ok && range && (range[i] === null || range[i] < lo || range[i] > hi)) ok = false;
-      cell.hidden = !ok;
-      if (ok) shown++;
-      cell.lastChild.textContent = sortValues ? NP.fmt(sortValues[i]) : "";
-      fragment.appendChild(cell);
-    });
-    grid.appendChild(fragment);
-    document.getElementById("count").textContent = shown + " of " + cells.length + " units";
+    NP.clear(grid).appendChild(sentinel);
+    rendered = 0;
+    more();
+    document.getElementById("count").textContent = order.length + " of " + data.units.length + " units";
     save();
     window.ATLAS_TIMING.apply = performance.now() - t0;
   }
 
   function render() {
     data = window.ATLAS_GRID[current.id];
+    made = [];
     document.documentElement.style.setProperty("--thumb", data.size + "px");
-    if (observer) observer.disconnect();
-    observer = "IntersectionObserver" in window ? new IntersectionObserver(function (entries) {
-      entries.forEach(function (e) {
-        if (!e.isIntersecting) return;
-        var img = e.target.querySelector("img[data-src]");
-        if (img) { img.src = img.dataset.src; img.removeAttribute("data-src"); }
-        observer.unobserve(e.target);
-      });
-    }, {rootMargin: "300px"}) : null;
-    NP.clear(grid);
-    cells = data.units.map(function (u, i) {
-      var j = i % data.chunk, sheet = "sprites/" + current.id + "/g" + Math.floor(i / data.chunk) + ".jpg";
-      var thumb = NP.tile(sheet, j % data.columns, Math.floor(j / data.columns), data.size, observer !== null);
-      var cell = el("a", {"class": "cell", href: NP.unitHref(current.name, u), "data-unit": u,
-                          title: data.classes[i]}, thumb, el("span", {text: "unit " + u}), el("span", {"class": "value"}));
-      if (observer) observer.observe(cell);
-      return cell;
-    });
     apply();
+    watcher.observe(sentinel);
     requestAnimationFrame(function () { window.ATLAS_TIMING.painted = performance.now(); });
   }
 

@@ -40,7 +40,7 @@
   function strip(chunk, record, list, direction, offset) {
     var box = el("div", {"class": "strip", "data-direction": direction});
     list.forEach(function (entry, rank) {
-      var picture = entry.s ? NP.tile(chunk.sprite, offset + rank, record.row, chunk.size, false)
+      var picture = entry.s ? NP.tile(chunk.sprite, offset + rank, record.row, chunk.size)
                             : el("div", {"class": "thumb muted", text: "#" + entry.i});
       var card = el("button", {"class": "card", type: "button", "data-image": entry.i, "data-value": entry.v,
                                title: "image " + entry.i + ": click for the full image"},
@@ -78,8 +78,8 @@
   }
 
   function render(L, unit, chunk, record) {
-    var t = [];
     NP.clear(page);
+    window.scrollTo(0, 0);
     var idx = L.units.indexOf(unit);
     document.title = L.name + " / " + unit + " \u00b7 unit atlas";
     document.getElementById("title").textContent = L.name + " \u00b7 unit " + unit;
