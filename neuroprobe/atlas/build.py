@@ -33,7 +33,7 @@ SCHEMA_VERSION = 1
 CHUNK = 64            # units per data chunk and per sprite sheet
 GRID_COLUMNS = 8      # thumbnails per row of a grid sprite sheet
 PROFILES = ("full", "lite")
-BYTES_PER_PIXEL = 0.45  # JPEG thumbnails of natural images at quality 82, measured on the sample images
+BYTES_PER_PIXEL = 0.35  # JPEG thumbnails at quality 82: ~0.3 measured (benchmarks/atlas.py), rounded up
 
 
 def build(store: str | Path, out: str | Path, *, categories: Sequence[str] = ("dog",),
