@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
+import pandas as pd
 import pytest
 
 from test_atlas import HOSTILE, HOSTILE_CATEGORY, HOSTILE_LAYER, built_site, chunk_records, synthetic_store
@@ -225,3 +226,28 @@ def test_screenshots_for_the_readme(shots):
         figures = Path(__file__).resolve().parents[1] / "docs" / "figures"
         for name in ("unit", "layer"):
             shutil.copy(shots / f"{name}.png", figures / f"atlas_{name}.png")
+
+
+def test_manufactured_images_and_occlusion_maps_render(driver, tmp_path_factory, tmp_path):
+    from PIL import Image
+
+    from neuroprobe.atlas import build
+    from neuroprobe.maps.occlusion_store import occlude
+    from test_atlas import real_store
+
+    store, csv = real_store(tmp_path_factory)
+    occlusion = occlude("efficientnet_lite0", csv, "blocks.3", tmp_path / "occ.zarr", units=[0], window=112,
+                        stride=112, device="cpu")
+    vis = tmp_path / "vis"
+    (vis / "images").mkdir(parents=True)
+    for direction, colour in (("max", (220, 30, 30)), ("min", (30, 30, 220))):
+        Image.new("RGB", (48, 48), colour).save(vis / "images" / f"unit0000_{direction}.png")
+    pd.DataFrame({"unit": [0, 0], "direction": ["max", "min"],
+                  "file": ["images/unit0000_max.png", "images/unit0000_min.png"]}).to_csv(vis / "visualize.csv")
+    build(store, tmp_path / "site", layers=["blocks.3"], units=[0, 1], visualize=[str(vis)], occlusion=occlusion,
+          permutations=0, k=3, n=3)
+    open_page(driver, tmp_path / "site", "unit.html#blocks.3/0")
+    assert len(driver.find_elements(By.CSS_SELECTOR, ".manufactured img")) == 2
+    assert len(driver.find_elements(By.CSS_SELECTOR, "#occlusion canvas")) == 3
+    assert images_loaded(driver) == []
+    check_clean(driver)
