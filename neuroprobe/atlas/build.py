@@ -74,7 +74,8 @@ def build(store: str | Path, out: str | Path, *, categories: Sequence[str] = ("d
     store_print = _store_fingerprint(store, attrs)
     shape = {name: dict(open_group(store)[name].attrs) for name in names}
     unit_lists = {name: _units(units, int(shape[name]["units"]), name) for name in names}
-    settings = {"schema": SCHEMA_VERSION, "version": __version__, "store": store_print, "thumb": thumb,
+    settings = {"schema": SCHEMA_VERSION, "version": __version__, "code": _code_fingerprint(), "store": store_print,
+                "thumb": thumb,
                 "profile": profile, "options": {k_: str(v) for k_, v in vars(options).items()},
                 "empirical": empirical.fingerprint if empirical else None, "synthesize": synthesize}
     prints = {}
@@ -132,6 +133,15 @@ def _units(units: Sequence[int] | None, count: int, layer: str) -> list[int]:
     if bad and len(bad) == len(units):
         raise NeuroprobeError(f"--units: layer '{layer}' has units 0..{count - 1}; none of the units given is there")
     return [int(u) for u in units if 0 <= u < count]
+
+
+def _code_fingerprint() -> str:
+    """sha256 of the atlas's own code and templates: a new neuroprobe rebuilds the layers it would draw differently."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).resolve().parent.rglob("*")):
+        if path.is_file() and path.suffix in (".py", ".j2", ".js", ".css"):
+            digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()
 
 
 def _store_fingerprint(store, attrs: dict) -> str:
@@ -309,7 +319,8 @@ def _record(numbers: LayerNumbers, u: int, r: int, at, maps, grid_shape, field, 
     grid_tiles.append(row_tiles[0])
     return {"u": u, "row": r, "v": numbers.values[numbers.units.index(u)], "top": shown["top"],
             "bottom": shown["bottom"], "hist": numbers.hist[u], "classes": numbers.classes[u],
-            "opp": numbers.opponent[u], "pref": numbers.preferred.get(u)}
+            "opp": numbers.opponent[u], "pref": numbers.preferred.get(u),
+            "pref_label": numbers.class_names.get(numbers.preferred.get(u))}
 
 
 def _occlusion(occluded: inputs.Occlusion, top, u: int, paths) -> list[dict]:

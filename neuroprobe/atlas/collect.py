@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ..analysis import analyze
+from ..analysis.topk import DEFAULT_CRITERIA
 from ..store.layout import open_layer
 
 LABEL_COLUMNS = ("class_name", "label", "category", "class_index", "wnid")
@@ -43,7 +44,12 @@ class Options:
         return {"stat": self.stat, "k": self.k, "n": self.n, "column": self.column, "mapping": self.mapping,
                 "normalization": self.normalization, "threshold": self.threshold,
                 "permutations": self.permutations, "seed": self.seed, "image_columns": True,
-                "allow_incomplete": self.allow_incomplete}
+                "allow_incomplete": self.allow_incomplete, "criteria": self.criteria()}
+
+    def criteria(self) -> tuple:
+        """report's criteria, plus the top and bottom of ``stat`` (report has no bottom by max or area): the
+        rows report writes are the same, each criterion has its own running top-K."""
+        return tuple(dict.fromkeys(DEFAULT_CRITERIA + ((self.stat, "top"), (self.stat, "bottom"))))
 
 
 @dataclass
@@ -57,7 +63,8 @@ class LayerNumbers:
     hist: dict[int, dict]
     classes: dict[int, list[list]]
     opponent: dict[int, dict[str, dict]]
-    preferred: dict[int, str] = field(default_factory=dict)  # CSI's preferred class
+    preferred: dict[int, str] = field(default_factory=dict)  # CSI's preferred class (a class_index value)
+    class_names: dict[str, str] = field(default_factory=dict)  # class_index value -> class_name, where both exist
 
 
 def label_column(images: pd.DataFrame) -> str:
@@ -147,7 +154,15 @@ def _layer(store, layer, frames, options: Options, units, rf_size, empirical, im
         if empirical is not None:
             table[r, column["erf"]] = empirical.get((layer, u), math.nan)
         classes[u] = _top_classes(column_values, labels, options.n, options.classes)
-    return LayerNumbers(layer, all_units, fields, table, top, bottom, hist, classes, opponent, preferred)
+    names = {}
+    if images is not None and {"class_index", "class_name"} <= set(images.columns):
+        from ..analysis.categories import class_labels
+
+        codes, labels_of = class_labels(images, "class_index")
+        for code, name in zip(codes, images["class_name"].astype(str)):
+            if 0 <= code < len(labels_of):
+                names.setdefault(str(labels_of[code]), name)
+    return LayerNumbers(layer, all_units, fields, table, top, bottom, hist, classes, opponent, preferred, names)
 
 
 def _ranked(topk: pd.DataFrame, layer: str, stat: str, units: Sequence[int]):

@@ -96,7 +96,8 @@
     page.appendChild(strip(chunk, record, record.top, "top", 0));
     page.appendChild(el("h2", {text: "Bottom " + record.bottom.length + " images by " + A.stat}));
     page.appendChild(strip(chunk, record, record.bottom, "bottom", A.k));
-    page.appendChild(el("p", {"class": "muted", text: "Crops: the theoretical receptive field around the unit's peak" +
+    page.appendChild(el("p", {"class": "muted", text: (L.rf === null ? "Whole images: this layer has no spatial " +
+      "grid, or its receptive field is not known" : "Crops: the theoretical receptive field around the unit's peak") +
       (L.spatial ? "; the full image (click) shows the stored spatial map." : "; click for the full image.")}));
     if (record.vis) {
       var made = el("div", {"class": "strip manufactured"});
@@ -110,7 +111,8 @@
     page.appendChild(el("h2", {text: "Selectivity (" + A.stat + ", " + A.normalization + " normalized)"}));
     page.appendChild(selectivity(record));
     page.appendChild(el("p", {}, "CSI (Morcos): ", el("span", {id: "csi", "data-value": field(record, "csi"), text: NP.fmt(field(record, "csi"))}),
-      " \u00b7 preferred class: ", el("span", {id: "csi-class", text: record.pref === null ? "\u2014" : record.pref})));
+      " \u00b7 preferred class: ", el("span", {id: "csi-class", text: record.pref === null ? "\u2014" : record.pref}),
+      record.pref_label ? " (" + record.pref_label + ")" : ""));
     page.appendChild(el("h2", {text: "Pooled " + A.stat + " over all images"}));
     page.appendChild(histogram(record.hist));
     page.appendChild(el("h2", {text: "Top classes among its top-" + A.n + " images"}));
