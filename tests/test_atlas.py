@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import SAMPLE_CSV
 
 HOSTILE = "<script>alert(1)</script> \"q\" 'a' & #1 %20 é✓"
@@ -222,6 +221,7 @@ def test_inputs_occlusion_visualize_rf_and_synthesize(store, tmp_path):
     synthesized = chunk_records(out, "L1")
     assert set(synthesized[1]["vis"]) == {"max", "min"}  # --synthesize ran visualize for bn2's units
     assert all(not e["s"] for e in records[0]["bottom"])  # lite: bottom images as values only
+    assert all((out / "img" / f"{e['i']}.jpg").is_file() for e in records[0]["bottom"])  # and their full images
 
 
 def test_store_without_model_and_hostile_layer_name(tmp_path, caplog):

@@ -16,7 +16,6 @@ from urllib.parse import quote
 
 import pandas as pd
 import pytest
-
 from test_atlas import HOSTILE, HOSTILE_CATEGORY, HOSTILE_LAYER, built_site, chunk_records, synthetic_store
 
 CHROMIUM, DRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
@@ -25,10 +24,10 @@ if not (CHROMIUM.is_file() and DRIVER.is_file()):
     pytest.skip("chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)",
                 allow_module_level=True)
 
-from selenium.common.exceptions import NoAlertPresentException  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
+from selenium.common.exceptions import NoAlertPresentException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 LOCAL_SCHEMES = ("file:", "data:", "blob:", "about:")
 BROWSER_OWN = ("chrome:", "chrome-untrusted:", "chrome-search:")  # the new-tab page's own: no network either
@@ -85,7 +84,7 @@ def check_clean(driver) -> None:
             url = message["params"]["request"]["url"]
             assert url.startswith(LOCAL_SCHEMES + BROWSER_OWN), url
     with pytest.raises(NoAlertPresentException):
-        driver.switch_to.alert.text
+        assert driver.switch_to.alert.text is None
 
 
 def images_loaded(driver) -> list[str]:
@@ -197,7 +196,7 @@ def test_hostile_strings_render_as_text(driver, site, tmp_path):
     assert HOSTILE in labels
     assert HOSTILE_CATEGORY in [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#selectivity td:first-child")]
     assert driver.execute_script("return document.querySelectorAll('script').length") == 4  # 3 pages' + 1 chunk
-    card = [c for c in driver.find_elements(By.CSS_SELECTOR, ".card") if HOSTILE in c.text][0]
+    card = next(c for c in driver.find_elements(By.CSS_SELECTOR, ".card") if HOSTILE in c.text)
     card.click()
     assert HOSTILE in driver.find_element(By.ID, "lightbox").text
     assert driver.find_element(By.CSS_SELECTOR, "#lightbox .path").text.startswith("images/")
@@ -230,10 +229,10 @@ def test_screenshots_for_the_readme(shots):
 
 def test_manufactured_images_and_occlusion_maps_render(driver, tmp_path_factory, tmp_path):
     from PIL import Image
+    from test_atlas import real_store
 
     from neuroprobe.atlas import build
     from neuroprobe.maps.occlusion_store import occlude
-    from test_atlas import real_store
 
     store, csv = real_store(tmp_path_factory)
     occlusion = occlude("efficientnet_lite0", csv, "blocks.3", tmp_path / "occ.zarr", units=[0], window=112,

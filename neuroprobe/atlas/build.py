@@ -17,6 +17,7 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 from ..data import Manifest
 from ..errors import NeuroprobeError
@@ -25,7 +26,8 @@ from ..store.completeness import require_complete
 from ..store.layout import open_layer, read_images
 from ..store.location import Location, open_group
 from ..version import __version__
-from . import crops, inputs, peaks as peak_finder, site
+from . import crops, inputs, site
+from . import peaks as peak_finder
 from .collect import LayerNumbers, Options, collect, label_column
 
 log = logging.getLogger(__name__)
@@ -108,7 +110,7 @@ def build(store: str | Path, out: str | Path, *, categories: Sequence[str] = ("d
     labels = images[label_column(images)].astype(str).to_numpy()
     paths = images["path"].astype(str).to_numpy() if "path" in images else np.array([""] * len(images))
     for name in todo:
-        files = _write_layer(writer, name, ids[name], numbers[name], needs[name], found, fields.get(name), thumb,
+        files = _write_layer(writer, name, ids[name], numbers[name], found, fields.get(name), thumb,
                              profile, pictures, labels, paths, manufactured.get(name),
                              occluded if occluded and occluded.layer == name else None, options)
         writer.finish_layer(ids[name], prints[name], files)
@@ -232,7 +234,7 @@ def _synthesize(store, out: Path, layers, unit_lists, ids, model, steps: int, de
     return made
 
 
-def _write_layer(writer: site.Writer, name: str, layer_id: str, numbers: LayerNumbers, pairs, found, field,
+def _write_layer(writer: site.Writer, name: str, layer_id: str, numbers: LayerNumbers, found, field,
                  thumb: int, profile: str, pictures: crops.Pictures, labels, paths, manufactured, occluded,
                  options: Options) -> list[str]:
     """Sprites, chunk scripts, the grid script and the layer's export rows; the files written."""
@@ -252,8 +254,7 @@ def _write_layer(writer: site.Writer, name: str, layer_id: str, numbers: LayerNu
     with Progress(len(units), f"atlas {name}", "unit") as meter:
         for c in range(chunks):
             chunk_units = units[c * CHUNK:(c + 1) * CHUNK]
-            members = set(chunk_units)
-            rows = sorted({p[0] for p in pairs if p[1] in members})
+            rows = sorted({image for u in chunk_units for image, _ in numbers.top[u] + numbers.bottom[u]})
             shown = pictures.rows(rows)
             for row in rows:
                 if f"img/{row}.jpg" not in writer.seen:  # once per build, whichever layer shows it first
@@ -268,8 +269,6 @@ def _write_layer(writer: site.Writer, name: str, layer_id: str, numbers: LayerNu
                     record["vis"] = {}
                     for direction, source in manufactured.images[u].items():
                         relative = f"vis/{layer_id}/u{u}_{direction}.jpg"
-                        from PIL import Image
-
                         with Image.open(source) as picture:
                             put(relative, crops.jpeg(picture, 90))
                         record["vis"][direction] = relative

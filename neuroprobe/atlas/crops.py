@@ -55,8 +55,8 @@ def box(peak: tuple[int, int] | None, field: dict | None, size: int) -> tuple[in
     y, x = peak
     cy, cx = field["center_y"] + field["jump_y"] * y, field["center_x"] + field["jump_x"] * x
     half_y, half_x = min(field["size_y"], size) / 2, min(field["size_x"], size) / 2
-    top, left = int(round(min(max(cy - half_y, 0), size - 2 * half_y))), int(round(min(max(cx - half_x, 0), size - 2 * half_x)))
-    return left, top, left + max(int(round(2 * half_x)), 1), top + max(int(round(2 * half_y)), 1)
+    top, left = round(min(max(cy - half_y, 0), size - 2 * half_y)), round(min(max(cx - half_x, 0), size - 2 * half_x))
+    return left, top, left + max(round(2 * half_x), 1), top + max(round(2 * half_y), 1)
 
 
 def thumbnail(image: Image.Image, where: tuple[int, int, int, int], size: int) -> Image.Image:

@@ -100,7 +100,11 @@ def from_model(model, manifest: Manifest, needs: dict[str, Sequence[Pair]], peak
             rows = images[start:start + batch]
             batch_images = torch.stack([dataset[r][1] for r in rows]).to(dev)
             values: dict[str, torch.Tensor] = {}
-            with Capture(module, layers, lambda n, v: values.__setitem__(n, v.float().cpu()), plan=sub) as cap:
+
+            def keep(name: str, value: torch.Tensor, into: dict = values) -> None:
+                into[name] = value.float().cpu()
+
+            with Capture(module, layers, keep, plan=sub) as cap:
                 cap.run(model.preprocessing.normalize(batch_images))
             for i, image in enumerate(rows):
                 for layer, pairs in by_image[image].items():

@@ -41,7 +41,8 @@
     var box = el("div", {"class": "strip", "data-direction": direction});
     list.forEach(function (entry, rank) {
       var picture = entry.s ? NP.tile(chunk.sprite, offset + rank, record.row, chunk.size)
-                            : el("div", {"class": "thumb muted", text: "#" + entry.i});
+                            : el("div", {"class": "thumb muted", title: "no crop (--profile lite)", text: "#" + entry.i,
+                                         style: {width: chunk.size + "px", height: chunk.size + "px"}});
       var card = el("button", {"class": "card", type: "button", "data-image": entry.i, "data-value": entry.v,
                                title: "image " + entry.i + ": click for the full image"},
                     picture, el("span", {"class": "value", text: NP.fmt(entry.v)}),
@@ -98,7 +99,8 @@
     page.appendChild(strip(chunk, record, record.bottom, "bottom", A.k));
     page.appendChild(el("p", {"class": "muted", text: (L.rf === null ? "Whole images: this layer has no spatial " +
       "grid, or its receptive field is not known" : "Crops: the theoretical receptive field around the unit's peak") +
-      (L.spatial ? "; the full image (click) shows the stored spatial map." : "; click for the full image.")}));
+      (record.top.some(function (e) { return e.m; }) ? "; the full image (click) shows the stored spatial map."
+                                                    : "; click for the full image.")}));
     if (record.vis) {
       var made = el("div", {"class": "strip manufactured"});
       ["max", "min"].forEach(function (d) {
