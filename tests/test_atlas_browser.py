@@ -151,8 +151,14 @@ def test_index_layer_unit_back_and_permalink(driver, site):
     driver.switch_to.new_window("tab")
     driver.get(permalink)
     WebDriverWait(driver, 20).until(lambda d: "unit 8" in d.find_element(By.ID, "title").text)
-    csi = driver.find_element(By.ID, "csi").get_attribute("data-value")
-    assert csi and float(csi) == float(csi)
+    units = pd.read_csv(site / "units.csv", keep_default_na=False, na_values=[""]).set_index(["layer", "unit"])
+    row = units.loc[("blocks.3", 8)]  # units.csv equals report's tables (test_atlas.py)
+    cells = driver.find_elements(By.CSS_SELECTOR, "#selectivity tr[data-category=dog] td")
+    shown = [float(c.get_attribute("data-value")) for c in cells[1:4]]
+    assert shown == [row["malakhova[dog]"], row["balanced[dog]"], row["p[dog]"]]
+    assert [float(c.text) for c in cells[1:4]] == pytest.approx(shown, rel=1e-5)  # 6 significant digits
+    assert int(cells[4].text) == row["opp+[dog]"] and int(cells[5].text) == row["opp-[dog]"]
+    assert float(driver.find_element(By.ID, "csi").get_attribute("data-value")) == row["csi"]
     check_clean(driver)
     driver.close()
     driver.switch_to.window(driver.window_handles[0])
