@@ -77,15 +77,14 @@ def build(store: str | Path, out: str | Path, *, categories: Sequence[str] = ("d
     shape = {name: dict(open_group(store)[name].attrs) for name in names}
     unit_lists = {name: _units(units, int(shape[name]["units"]), name) for name in names}
     settings = {"schema": SCHEMA_VERSION, "version": __version__, "code": _code_fingerprint(), "store": store_print,
-                "thumb": thumb,
-                "profile": profile, "options": {k_: str(v) for k_, v in vars(options).items()},
+                "thumb": thumb, "profile": profile, "options": {k_: str(v) for k_, v in vars(options).items()},
                 "empirical": empirical.fingerprint if empirical else None, "synthesize": synthesize}
     prints = {}
     for name in names:
         extra = {"units": unit_lists[name], "visualize": manufactured[name].fingerprint if name in manufactured else None,
                  "occlusion": occluded.fingerprint if occluded and occluded.layer == name else None}
         prints[name] = hashlib.sha256(json.dumps([settings, name, extra], sort_keys=True).encode()).hexdigest()
-    todo = [name for name in names if not writer.layer_done(ids[name], prints[name], [])]
+    todo = [name for name in names if not writer.layer_done(ids[name], prints[name])]
     total_units = sum(len(unit_lists[name]) for name in todo)
     projected = _projected(total_units, k, thumb, profile, len(images), attrs, shape)
     log.info("atlas of %d layer(s), %d to build (%d units), %d done before; projected size of what is built: "

@@ -101,8 +101,8 @@ class Writer:
         self.manifest["files"][relative] = digest
         self.written += 1
 
-    def layer_done(self, layer_id: str, fingerprint: str, files: list[str]) -> bool:
-        """Whether ``layer_id`` was built from ``fingerprint`` and all its files are still there, unchanged in size."""
+    def layer_done(self, layer_id: str, fingerprint: str) -> bool:
+        """Whether ``layer_id`` was built from ``fingerprint`` and all its files are still there."""
         entry = self.manifest["layers"].get(layer_id)
         if not entry or entry.get("fingerprint") != fingerprint:
             return False
