@@ -7,7 +7,7 @@
   var controls = {sort: document.getElementById("sort"), dir: document.getElementById("dir"),
                   q: document.getElementById("q"), field: document.getElementById("field"),
                   min: document.getElementById("min"), max: document.getElementById("max")};
-  var PAGE = 240;          // cells added to the page at a time: rows load as they scroll into view
+  var PAGE = 120;          // cells added to the page at a time: rows load as they scroll into view
   var made = [], order = [], rendered = 0, data = null, current = null, sortValues = null;
   var sentinel = el("div", {id: "more", "aria-hidden": "true"});
   var watcher = new IntersectionObserver(function (entries) {
@@ -56,11 +56,10 @@
       fragment.appendChild(c);
     }
     grid.insertBefore(fragment, sentinel);
-    if (rendered < order.length) {
-      requestAnimationFrame(function () {
-        if (sentinel.getBoundingClientRect().top < window.innerHeight + 600) more();
-      });
-    }
+    // observed afresh, the sentinel reports whether it is still in view after this layout (a later task),
+    // so one page is drawn per frame and a screen taller than a page still fills
+    watcher.unobserve(sentinel);
+    if (rendered < order.length) watcher.observe(sentinel);
   }
 
   function apply() {
@@ -99,7 +98,6 @@
     made = [];
     document.documentElement.style.setProperty("--thumb", data.size + "px");
     apply();
-    watcher.observe(sentinel);
     requestAnimationFrame(function () { window.ATLAS_TIMING.painted = performance.now(); });
   }
 
