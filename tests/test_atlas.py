@@ -208,18 +208,19 @@ def test_inputs_occlusion_visualize_rf_and_synthesize(store, tmp_path):
         vis / "visualize.csv", index=False)
     rf = tmp_path / "rf"
     rf.mkdir()
-    pd.DataFrame({"layer": ["blocks.3"], "unit": [1], "empirical_rf_px": [37.5]}).to_csv(rf / "rf.csv", index=False)
+    pd.DataFrame({"layer": ["blocks.3", "blocks.3"], "unit": [0, 7], "empirical_rf_px": [37.5, float("nan")]}).to_csv(
+        rf / "rf.csv", index=False)
     out = tmp_path / "site"
-    build(store, out, layers=["blocks.3", "bn2"], units=[0, 1], visualize=[f"blocks.3={vis}"], occlusion=occlusion,
+    build(store, out, layers=["blocks.3", "bn2"], units=[0], visualize=[f"blocks.3={vis}"], occlusion=occlusion,
           rf=rf, synthesize=True, synthesize_steps=2, profile="lite", device="cpu", **OPTIONS)
     records = chunk_records(out, "L0")
     assert records[0]["vis"] == {"max": "vis/L0/u0_max.jpg"} and (out / "vis/L0/u0_max.jpg").is_file()
     shown = {e["i"] for e in records[0]["top"]} & {0, 1, 2}
     assert {o["i"] for o in records[0]["occ"]} == shown and all(len(o["m"]) == 2 * o["h"] * o["w"] for o in records[0]["occ"])
     fields = [f["key"] for f in json.loads((out / "units.json").read_text())["fields"]]
-    assert records[1]["v"][fields.index("erf")] == 37.5 and records[0]["v"][fields.index("erf")] is None
+    assert records[0]["v"][fields.index("erf")] == 37.5
     synthesized = chunk_records(out, "L1")
-    assert set(synthesized[1]["vis"]) == {"max", "min"}  # --synthesize ran visualize for bn2's units
+    assert set(synthesized[0]["vis"]) == {"max", "min"}  # --synthesize ran visualize for bn2's units
     assert all(not e["s"] for e in records[0]["bottom"])  # lite: bottom images as values only
     assert all((out / "img" / f"{e['i']}.jpg").is_file() for e in records[0]["bottom"])  # and their full images
 
