@@ -57,6 +57,8 @@ def build(store: str | Path, out: str | Path, *, categories: Sequence[str] = ("d
     thumb = thumb_size or (64 if profile == "full" else 48)
     if thumb < 8 or thumb > 512 or k < 1 or n < 1:
         raise NeuroprobeError("--thumb-size must lie in 8..512 and --k and --n must be at least 1")
+    if mapping is not None and not isinstance(mapping, dict) and not Path(mapping).is_file():
+        raise NeuroprobeError(f"--category-map {mapping} does not exist; give a CSV with columns label,category")
     state = require_complete(store, allow_incomplete)
     attrs = dict(open_group(store).attrs)
     stored = list(attrs["layers"])
@@ -78,7 +80,9 @@ def build(store: str | Path, out: str | Path, *, categories: Sequence[str] = ("d
     unit_lists = {name: _units(units, int(shape[name]["units"]), name) for name in names}
     settings = {"schema": SCHEMA_VERSION, "version": __version__, "code": _code_fingerprint(), "store": store_print,
                 "thumb": thumb, "profile": profile, "options": {k_: str(v) for k_, v in vars(options).items()},
-                "empirical": empirical.fingerprint if empirical else None, "synthesize": synthesize}
+                "empirical": empirical.fingerprint if empirical else None, "synthesize": synthesize,
+                "mapping": hashlib.sha256(Path(mapping).read_bytes()).hexdigest()
+                if mapping and not isinstance(mapping, dict) and Path(mapping).is_file() else None}
     prints = {}
     for name in names:
         extra = {"units": unit_lists[name], "visualize": manufactured[name].fingerprint if name in manufactured else None,
