@@ -21,7 +21,8 @@ TIERS = [
     ["engine"],
     ["analysis"],
     ["exports", "maps"],
-    ["retina", "attention", "synthesis", "finetune", "atlas"],
+    ["retina", "attention", "synthesis", "finetune"],
+    ["atlas"],  # shows the other capabilities' results (--synthesize runs synthesis)
     ["cli"],
     ["__init__", "__main__"],
 ]

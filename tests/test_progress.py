@@ -136,6 +136,7 @@ COMMANDS = {  # command: (arguments after it, the meter that must show)
                    "--out", "{o}"], "visualize"),
     "finetune": (["--data", "{d}/six.csv", "--label-column", "kind", "--epochs", "2", "--val-fraction", "0.5",
                   "--out", "{o}"], "finetune"),
+    "atlas": (["{d}/six.zarr", "--permutations", "0", "--k", "1", "--n", "2", "--out", "{o}/site"], "atlas blocks.1"),
 }
 
 
@@ -145,7 +146,7 @@ def _run(command: str, job: Path, out: Path, *extra: str) -> int:
     args, _ = COMMANDS[command]
     return main([command, *[a.format(d=job, o=out) for a in args], "--device", "cpu", *extra]
                 if command in ("occlude", "rf", "saliency", "localize", "search", "align", "train-attention",
-                               "visualize", "finetune", "extract") else
+                               "visualize", "finetune", "extract", "atlas") else
                 [command, *[a.format(d=job, o=out) for a in args], *extra])
 
 

@@ -16,11 +16,11 @@ import os
 import sys
 
 from ..errors import NeuroprobeError
-from . import (analyses, attention, attribution, exports, extraction, finetune, maps, retina,
+from . import (analyses, atlas, attention, attribution, exports, extraction, finetune, maps, retina,
                synthesis)
 from .common import add_progress, progress_mode
 
-CAPABILITIES = (extraction, analyses, exports, maps, attribution, retina, attention, synthesis, finetune)
+CAPABILITIES = (extraction, analyses, exports, maps, attribution, retina, attention, synthesis, finetune, atlas)
 QUIET_LOGGERS = ("PIL", "matplotlib", "urllib3", "fsspec", "asyncio", "botocore", "aiobotocore", "s3fs", "distributed")
 
 EXAMPLES = """examples:

@@ -9,23 +9,7 @@ from . import common
 def add_commands(sub) -> None:
     p = common.command(sub, "report", _report, "selectivity, top/bottom-K images and opponent responses: CSV + PNG")
     p.add_argument("store")
-    p.add_argument("--category", default="dog", help="category to analyse; 'dog' = ImageNet classes 151-268 "
-                                                     "of the class_index column (default: %(default)s)")
-    p.add_argument("--category-column", default=None, help="image-table column holding the category (or the "
-                                                           "labels that --category-map maps)")
-    p.add_argument("--category-map", default=None, help="CSV with columns label,category")
-    common.add_layers(p, required=False, stored=True)
-    p.add_argument("--stat", default="mean", choices=["mean", "max", "min", "area"],
-                   help="statistic the selectivity indices use (default: %(default)s)")
-    p.add_argument("--normalization", default="minmax", choices=["minmax", "rectify"],
-                   help="per-unit normalization before the indices (default: %(default)s)")
-    p.add_argument("--threshold", type=float, default=0.65, help="selective above this index (default: %(default)s)")
-    p.add_argument("--permutations", type=int, default=1000,
-                   help="label permutations for p-values, 0: none (default: %(default)s)")
-    common.add_seed(p, "the permutations")
-    p.add_argument("--k", type=int, default=9, help="top-K and bottom-K images per unit (default: %(default)s)")
-    p.add_argument("--n", type=int, default=50, help="strongest responses per side for the opponent counts "
-                                                     "(default: %(default)s)")
+    common.add_selectivity(p)
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="dask.distributed scheduler (e.g. tcp://10.0.0.5:8786): read and reduce the store's chunks "
                         "on its workers; the tables equal the single-process ones (needs neuroprobe[dask])")

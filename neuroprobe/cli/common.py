@@ -126,6 +126,35 @@ def add_layers(parser: argparse.ArgumentParser, *, required: bool = True, stored
     parser.add_argument("--layers", nargs="+", required=required, default=None, metavar="LAYER", help=where)
 
 
+def add_selectivity(parser: argparse.ArgumentParser, *, categories: bool = False, stat_help: str = "",
+                    n_help: str = "", top_k_alias: bool = False) -> None:
+    """The options of report's analyses (categories, layers, statistic, normalization, threshold, permutations,
+    seed, K and N), with report's defaults; ``categories``: ``--category`` takes one or more."""
+    dog = "'dog' = ImageNet classes 151-268 of the class_index column"
+    if categories:
+        parser.add_argument("--category", nargs="+", default=["dog"], metavar="CATEGORY",
+                            help=f"categories to analyse, as report's --category (one or more); {dog} (default: dog)")
+    else:
+        parser.add_argument("--category", default="dog", help=f"category to analyse; {dog} (default: %(default)s)")
+    parser.add_argument("--category-column", default=None, help="image-table column holding the category (or the "
+                                                                "labels that --category-map maps)")
+    parser.add_argument("--category-map", default=None, help="CSV with columns label,category")
+    add_layers(parser, required=False, stored=True)
+    parser.add_argument("--stat", default="mean", choices=["mean", "max", "min", "area"],
+                        help=f"statistic the selectivity indices{stat_help} use (default: %(default)s)")
+    parser.add_argument("--normalization", default="minmax", choices=["minmax", "rectify"],
+                        help="per-unit normalization before the indices (default: %(default)s)")
+    parser.add_argument("--threshold", type=float, default=0.65,
+                        help="selective above this index (default: %(default)s)")
+    parser.add_argument("--permutations", type=int, default=1000,
+                        help="label permutations for p-values, 0: none (default: %(default)s)")
+    add_seed(parser, "the permutations")
+    parser.add_argument("--k", *(["--top-k"] if top_k_alias else []), dest="k", type=int, default=9,
+                        help="top-K and bottom-K images per unit (default: %(default)s)")
+    parser.add_argument("--n", type=int, default=50, help=f"strongest responses per side for the opponent counts"
+                                                          f"{n_help} (default: %(default)s)")
+
+
 def add_layer(parser: argparse.ArgumentParser, *, required: bool = True, default_help: str = "") -> None:
     parser.add_argument("--layer", required=required, default=None,
                         help="layer name as listed by 'python -m neuroprobe layers'" +
