@@ -12,11 +12,7 @@ QUIET = ("--quiet", "--no-progress")  # how the build shows progress is no part 
 
 def add_commands(sub) -> None:
     p = common.command(sub, "atlas", _atlas, "a static site with one page per unit: top images, selectivity, "
-                                              "receptive fields (opens from disk)",
-                       "Read a store and write a static site into --out: index.html, layer.html (a sortable, "
-                       "filterable grid of every unit) and unit.html#LAYER/UNIT (one permalink per unit), with "
-                       "units.csv and units.json beside it. It opens from file:// with no server and no network. "
-                       "The numbers are report's (same options, same defaults). A rebuild redoes only what changed.")
+                                              "receptive fields (opens from disk)")
     p.add_argument("store")
     common.add_selectivity(p, categories=True, stat_help=" and the top and bottom images",
                            n_help=" and the top classes", top_k_alias=True)
@@ -41,6 +37,11 @@ def add_commands(sub) -> None:
 
 
 def _atlas(args) -> int:
+    """Read a store and write a static site into --out: index.html, layer.html (a sortable, filterable grid of
+    every unit) and unit.html#LAYER/UNIT (one permalink per unit), with units.csv and units.json beside it. It
+    opens from file:// with no server and no network. The numbers are report's (same options, same defaults).
+    A rebuild redoes only what changed.
+    """
     from ..atlas import build
 
     common.at_least_one(k=args.k, n=args.n)
