@@ -205,6 +205,24 @@ def _gather(tape: Tape, node: int, state: Patch | None, y: torch.Tensor, x: torc
         top, bottom, left, right = pads
         padded = torch.nn.functional.pad(clean[0], (left, right, top, bottom), value=fill) if any(pads) else clean[0]
         tape.padded[key] = padded
+    if padded.device.type != "cpu":
+        return _gather_indexed(padded, pads, state, y, x, size)
+    h, w = size
+    ys, xs = (y + pads[0]).tolist(), (x + pads[2]).tolist()
+    # On the CPU, N slice copies beat one advanced-indexing gather several times over.
+    window = torch.stack([padded[:, a:a + h, b:b + w] for a, b in zip(ys, xs)])
+    if state is not None:
+        ph, pw = state.size
+        for n, (top, left) in enumerate(zip((state.y - y).tolist(), (state.x - x).tolist())):
+            r0, r1, c0, c1 = max(top, 0), min(top + ph, h), max(left, 0), min(left + pw, w)
+            if r0 < r1 and c0 < c1:
+                window[n, :, r0:r1, c0:c1] = state.value[n, :, r0 - top:r1 - top, c0 - left:c1 - left]
+    return window
+
+
+def _gather_indexed(padded: torch.Tensor, pads, state: Patch | None, y: torch.Tensor, x: torch.Tensor,
+                    size: tuple[int, int]) -> torch.Tensor:
+    """:func:`_gather` as two advanced-indexing gathers (no host synchronisation, for accelerators)."""
     rows = y[:, None] + torch.arange(size[0], device=y.device)          # (N, h), map coordinates
     cols = x[:, None] + torch.arange(size[1], device=x.device)
     window = padded[:, (rows + pads[0])[:, :, None], (cols + pads[2])[:, None, :]].transpose(0, 1)
