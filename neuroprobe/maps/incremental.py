@@ -286,9 +286,10 @@ class _Dense(Exception):
     """This op has no incremental rule for these arguments: run it on the full copies."""
 
 
-def replay(tape: Tape, nodes: list[int], target: int, inputs: Patch) -> torch.Tensor:
+def replay(tape: Tape, nodes: list[int], target: int, inputs: Patch, dense: list[str] | None = None) -> torch.Tensor:
     """The target node's value for N occluded copies of the tape's image whose input differs from the clean
-    one only inside ``inputs`` (a :class:`Patch` of the input image): (N, *target shape)."""
+    one only inside ``inputs`` (a :class:`Patch` of the input image): (N, *target shape). The ops that ran
+    densely on patched inputs (no local rule) are appended to ``dense``."""
     states: dict[int, Any] = {0: inputs}
     count = len(inputs.y)
     for index in nodes:
@@ -302,6 +303,9 @@ def replay(tape: Tape, nodes: list[int], target: int, inputs: Patch) -> torch.Te
         try:
             states[index] = _incremental(tape, node, states)
         except _Dense:
+            inputs_of = [states[r.index] for r in _refs(node.args, node.kwargs) if r.index in states]
+            if dense is not None and inputs_of and all(isinstance(state, Patch) for state in inputs_of):
+                dense.append(node.name)
             states[index] = _dense(tape, node, states, count)
     return materialize(tape, target, states[target])
 
@@ -321,7 +325,10 @@ def _dense(tape: Tape, node: Node, states: dict, count: int):
     kwargs = {k: _value(tape, states, v) for k, v in node.kwargs.items()}
     if _in_place(node.name, args, kwargs) and args and isinstance(args[0], torch.Tensor):
         args[0] = args[0].clone()          # the state it came from may still be read
-    out = node.func(*args, **kwargs)
+    try:
+        out = node.func(*args, **kwargs)
+    except Exception as exc:        # e.g. a tensor made for a batch of one (the tape's image) meets N copies
+        raise Unsupported(f"op {node.name} does not run on a batch of copies ({type(exc).__name__}: {exc})") from exc
     pieces = out if isinstance(out, (tuple, list)) else (out,)
     cleans = [tape.nodes[i].clean for i in node.pieces] if node.pieces else [node.clean]
     for piece, clean in zip(pieces, cleans, strict=True):
@@ -508,6 +515,7 @@ class Replayer:
         self.image: int | None = None
         self.tape: tuple[Tape, int, list[int]] | None = None
         self.failed: str | None = None
+        self.reported = False
 
     def run(self, image: int, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:
         if self.failed:
@@ -517,10 +525,17 @@ class Replayer:
                 self.image, self.tape = image, None
                 self.tape = record(self.capture, self.layer, self.inputs[image:image + 1], self.values)
             tape, target, nodes = self.tape
+            dense: list[str] = []
             rows = y[:, None] + torch.arange(self.window, device=y.device)
             cols = x[:, None] + torch.arange(self.window, device=x.device)
             patch = self.occluders[image][:, rows[:, :, None], cols[:, None, :]].transpose(0, 1)
-            return replay(tape, nodes, target, Patch(patch, y, x))
+            value = replay(tape, nodes, target, Patch(patch, y, x), dense)
+            if not self.reported:
+                self.reported = True
+                log.debug("incremental occlusion of %s: %d ops replayed, %s", self.layer, len(nodes),
+                          f"dense from {dense[0]} on ({', '.join(dict.fromkeys(dense))})" if dense
+                          else "no op ran densely")
+            return value
         except Unsupported as exc:
             self.failed = str(exc)
             log.info("incremental occlusion falls back to the dense method: %s", exc)
