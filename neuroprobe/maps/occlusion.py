@@ -135,7 +135,7 @@ def discrepancy_maps(model: LoadedModel | nn.Module, images: torch.Tensor, layer
                      response: str = "peak", absolute: bool = False, rf_only: bool = False,
                      batch_size: int | None = None, memory_budget: int | None = None, device: str | None = None,
                      amp: str | None = None, post_activation: bool = False, seed: int = 0,
-                     method: str = "dense") -> DiscrepancyMaps:
+                     method: str = "incremental") -> DiscrepancyMaps:
     """Discrepancy maps of ``units`` (default: all) of ``layer`` for a batch of images, from one sweep.
 
     ``images``: uint8 (B, 3, H, W) with a :class:`LoadedModel` (occluded in pixel space, then
