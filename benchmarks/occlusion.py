@@ -371,7 +371,7 @@ def summary_lines(args, info: dict, results: dict, checks: list[dict], malloc: s
     image = results["image"]
     lines = [f"command: {' '.join([sys.executable, *sys.argv])}",
              (f"machine: {info['cpu']}, {info['cores']} cores; {info.get('gpu', 'no GPU used')}; "
-              f"device {info['device']}; torch threads {info['threads']}; load average at start "
+              f"device {info['device']}; TF32 {info['tf32']}; torch threads {info['threads']}; load average at start "
               f"{info['load_start']}, at end {info['load_end']}"),
              (f"python {info['python']}, torch {info['torch']}, torchvision {info['torchvision']}, "
               f"captum {info['captum']}; malloc: {malloc}"),
@@ -500,6 +500,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--image", type=Path, default=None, help="image file (default: first image of the sample)")
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1: a shared machine)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default %(default)s)")
+    p.add_argument("--no-tf32", action="store_true",
+                   help="CUDA: convolutions and matmuls in full fp32 (TF32 off), so that the incremental and dense "
+                        "maps can be checked equal within 1e-5 (TF32 rounds to ~1e-3)")
     p.add_argument("--out", default=None,
                    help="write the results here: .json -> JSON, else a Markdown file (overwritten)")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON here (overwritten)")
@@ -534,7 +537,11 @@ def main(argv: list[str] | None = None) -> None:
     else:
         malloc = "default glibc (CUDA run)"
     torch.set_num_threads(args.threads)
+    if args.no_tf32:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     info = machine_info(device)
+    info["tf32"] = "off" if args.no_tf32 or device.type != "cuda" else "on (torch's default for cuDNN convolutions)"
     print(f"{info['cpu']}, {info['cores']} cores; torch {info['torch']}, {info['threads']} thread(s); "
           f"device {device}{', ' + info['gpu'] if 'gpu' in info else ''}\nmalloc: {malloc}", flush=True)
 

@@ -97,6 +97,16 @@ def test_resnet18_equals_a_plain_loop(resnet):
     assert (np.abs(maps.values - expected) <= 1e-5 * scale).all()
 
 
+def test_the_accelerator_gather_equals_the_cpu_one(resnet, monkeypatch, caplog):
+    """On CUDA windows are gathered with advanced indexing (no host round trip per copy): same maps."""
+    from neuroprobe.maps import incremental
+    monkeypatch.setattr(incremental, "SLICE_DEVICES", frozenset())
+    images = sample_images(111, n=1)
+    dense, indexed = both(resnet, images, "layer3", caplog, window=WINDOW, stride=25, fill="noise")
+    assert_equal_per_unit(indexed, dense)
+    assert "no op ran densely" in replayed(caplog)
+
+
 def test_rf_only_and_units(resnet, caplog):
     images = sample_images(SIZE)
     dense, incremental = both(resnet, images, "layer1.1", caplog, units=[3, 7, 60], window=WINDOW, stride=4,

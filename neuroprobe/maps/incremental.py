@@ -49,6 +49,10 @@ VALUE_READS = frozenset({"item", "tolist", "__bool__", "__int__", "__float__", "
                          "numpy", "__array__"})
 
 
+# Where N slice copies per gather beat one advanced-indexing gather (no kernel launch per copy).
+SLICE_DEVICES = frozenset({"cpu"})
+
+
 class Unsupported(Exception):
     """The forward pass cannot be replayed from a tape; run the dense method."""
 
@@ -205,7 +209,7 @@ def _gather(tape: Tape, node: int, state: Patch | None, y: torch.Tensor, x: torc
         top, bottom, left, right = pads
         padded = torch.nn.functional.pad(clean[0], (left, right, top, bottom), value=fill) if any(pads) else clean[0]
         tape.padded[key] = padded
-    if padded.device.type != "cpu":
+    if padded.device.type not in SLICE_DEVICES:
         return _gather_indexed(padded, pads, state, y, x, size)
     h, w = size
     ys, xs = (y + pads[0]).tolist(), (x + pads[2]).tolist()
