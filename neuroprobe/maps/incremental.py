@@ -231,13 +231,13 @@ def _gather_indexed(padded: torch.Tensor, pads, state: Patch | None, y: torch.Te
     cols = x[:, None] + torch.arange(size[1], device=x.device)
     window = padded[:, (rows + pads[0])[:, :, None], (cols + pads[2])[:, None, :]].transpose(0, 1)
     if state is None:
-        return window
+        return window.contiguous()
     ph, pw = state.size
     py, px = rows - state.y[:, None], cols - state.x[:, None]
     inside = ((py >= 0) & (py < ph))[:, :, None] & ((px >= 0) & (px < pw))[:, None, :]
     copies = torch.arange(len(y), device=y.device)[:, None, None]
     pasted = state.value[copies, :, py.clamp(0, ph - 1)[:, :, None], px.clamp(0, pw - 1)[:, None, :]]
-    return torch.where(inside[:, None], pasted.permute(0, 3, 1, 2), window)
+    return torch.where(inside[:, None], pasted.permute(0, 3, 1, 2), window).contiguous()   # NCHW, as the CPU path
 
 
 def materialize(tape: Tape, node: int, state) -> torch.Tensor:
