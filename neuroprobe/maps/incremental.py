@@ -202,6 +202,9 @@ def _gather(tape: Tape, node: int, state: Patch | None, y: torch.Tensor, x: torc
     """(N, C, h, w): each copy's window of rows y[n]..y[n]+h-1 and columns x[n]..x[n]+w-1 of ``node``'s map
     with the copy's patch pasted in; positions outside the map (up to ``pads`` = top, bottom, left, right)
     read ``fill``."""
+    if state is not None and state.size == tuple(size) and not any(pads) and bool((state.y == y).all()) \
+            and bool((state.x == x).all()):
+        return state.value                   # the patch is the window (a residual sum's larger branch)
     clean = tape.nodes[node].clean
     key = (node, pads, fill)
     padded = tape.padded.get(key)
@@ -296,6 +299,8 @@ def replay(tape: Tape, nodes: list[int], target: int, inputs: Patch, dense: list
     densely on patched inputs (no local rule) are appended to ``dense``."""
     states: dict[int, Any] = {0: inputs}
     count = len(inputs.y)
+    last_use = _last_uses(tape, nodes, target)
+    shared: set[int] = set()            # ids of patch tensors that two states hold (after pad, dropout)
     for index in nodes:
         if index == 0:
             continue
@@ -305,13 +310,38 @@ def replay(tape: Tape, nodes: list[int], target: int, inputs: Patch, dense: list
             states[index] = states[op][position]
             continue
         try:
-            states[index] = _incremental(tape, node, states)
+            # what an in-place op may overwrite: its input's patch if no later op reads that input
+            free = {id(states[r.index].value) for r in _refs(node.args, node.kwargs)
+                    if isinstance(states.get(r.index), Patch) and last_use.get(r.index) == index}
+            held = [state.value for state in states.values()
+                    if isinstance(state, Patch) and (id(state.value) not in free or id(state.value) in shared)]
+            states[index] = _incremental(tape, node, states, held)
+            value = getattr(states[index], "value", None)
+            if value is not None and any(value is states[r.index].value for r in _refs(node.args, node.kwargs)
+                                         if isinstance(states.get(r.index), Patch)):
+                shared.add(id(value))
         except _Dense:
             inputs_of = [states[r.index] for r in _refs(node.args, node.kwargs) if r.index in states]
             if dense is not None and inputs_of and all(isinstance(state, Patch) for state in inputs_of):
                 dense.append(node.name)
             states[index] = _dense(tape, node, states, count)
+        parents = [node.piece[0]] if node.piece else [r.index for r in _refs(node.args, node.kwargs)]
+        for parent in parents:
+            if last_use.get(parent) == index:
+                states.pop(parent, None)        # nothing reads it any more: free its memory
     return materialize(tape, target, states[target])
+
+
+def _last_uses(tape: Tape, nodes: list[int], target: int) -> dict[int, int]:
+    """Node -> the last node (in replay order) that reads it; the target is read after all."""
+    last = {}
+    for index in nodes:
+        node = tape.nodes[index]
+        parents = [node.piece[0]] if node.piece else [r.index for r in _refs(node.args, node.kwargs)]
+        for parent in parents:
+            last[parent] = index
+    last[target] = len(tape.nodes)
+    return last
 
 
 def _value(tape: Tape, states: dict, value):
@@ -342,8 +372,9 @@ def _dense(tape: Tape, node: Node, states: dict, count: int):
     return out
 
 
-def _incremental(tape: Tape, node: Node, states: dict):
-    """The node's output as a :class:`Patch` where a rule applies; raises :class:`_Dense` otherwise."""
+def _incremental(tape: Tape, node: Node, states: dict, held: list[torch.Tensor]):
+    """The node's output as a :class:`Patch` where a rule applies; raises :class:`_Dense` otherwise. ``held``:
+    patch tensors that later ops still read (an in-place op copies them first)."""
     refs = list(_refs(node.args, node.kwargs))
     if any(not isinstance(states.get(r.index), Patch) for r in refs if r.index in states) or node.clean is None:
         raise _Dense
@@ -361,17 +392,18 @@ def _incremental(tape: Tape, node: Node, states: dict):
     if name in PER_CHANNEL:
         if len(refs) > 1 or (name == "batch_norm" and _arg(node.args, node.kwargs, 5, "training", False)):
             raise _Dense
-        return _apply(tape, node, {first.index: state.value}, state)
+        return _apply(tape, node, {first.index: state.value}, state, held)
     if name == "dropout" and len(refs) == 1 and not _arg(node.args, node.kwargs, 2, "training", True):
         return state
     if name.rstrip("_") in ELEMENTWISE or name in ELEMENTWISE:
-        return _elementwise(tape, node, refs, states)
+        return _elementwise(tape, node, refs, states, held)
     if name in ("cat", "concat", "concatenate"):
         return _concat(tape, node, states)
     raise _Dense
 
 
-def _apply(tape: Tape, node: Node, replaced: dict[int, torch.Tensor], like: Patch) -> Patch:
+def _apply(tape: Tape, node: Node, replaced: dict[int, torch.Tensor], like: Patch,
+           held: list[torch.Tensor]) -> Patch:
     """``node``'s function on the patches (``replaced``: node -> its regional values; other tape outputs, which
     do not depend on the image, as recorded), at ``like``'s offsets."""
     def swap(value):
@@ -381,8 +413,8 @@ def _apply(tape: Tape, node: Node, replaced: dict[int, torch.Tensor], like: Patc
             return type(value)(swap(v) for v in value)
         return value
     args, kwargs = [swap(a) for a in node.args], {k: swap(v) for k, v in node.kwargs.items()}
-    if _in_place(node.name, args, kwargs):
-        args[0] = args[0].clone()           # never overwrite a patch another node holds
+    if _in_place(node.name, args, kwargs) and any(args[0] is value for value in held):
+        args[0] = args[0].clone()           # never overwrite a patch a later op reads
     out = node.func(*args, **kwargs)
     if tuple(out.shape) != (len(like.y), node.clean.shape[1], *like.size):
         raise _Dense
@@ -401,7 +433,7 @@ def _union(patches: list[Patch], shape) -> tuple[torch.Tensor, torch.Tensor, tup
     return starts[0], starts[1], (sizes[0], sizes[1])
 
 
-def _elementwise(tape: Tape, node: Node, refs: list[_Ref], states: dict) -> Patch:
+def _elementwise(tape: Tape, node: Node, refs: list[_Ref], states: dict, held: list[torch.Tensor]) -> Patch:
     """Each position alone: on one patch as it is; on several, on the union of their regions. Tensors that do
     not depend on the image must be constant over space (scalars, per-channel (C, 1, 1) tensors)."""
     shape = node.clean.shape
@@ -421,10 +453,10 @@ def _elementwise(tape: Tape, node: Node, refs: list[_Ref], states: dict) -> Patc
             raise _Dense
     patches = [states[i] for i in dependent]
     if len(patches) == 1:
-        return _apply(tape, node, {dependent[0]: patches[0].value}, patches[0])
+        return _apply(tape, node, {dependent[0]: patches[0].value}, patches[0], held)
     y, x, size = _union(patches, shape)
     replaced = {i: _gather(tape, i, states[i], y, x, size) for i in dependent}
-    return _apply(tape, node, replaced, Patch(torch.empty(0, 0, *size), y, x))
+    return _apply(tape, node, replaced, Patch(torch.empty(0, 0, *size), y, x), held)
 
 
 def _concat(tape: Tape, node: Node, states: dict) -> Patch:
