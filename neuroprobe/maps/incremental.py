@@ -379,6 +379,8 @@ def _incremental(tape: Tape, node: Node, states: dict, held: list[torch.Tensor])
     if any(not isinstance(states.get(r.index), Patch) for r in refs if r.index in states) or node.clean is None:
         raise _Dense
     name = node.name
+    if name in ("cat", "concat", "concatenate") and _is_map(node.clean):
+        return _concat(tape, node, states)
     first = node.args[0] if node.args else None
     if not isinstance(first, _Ref) or first.index not in states or not _is_map(node.clean):
         raise _Dense
@@ -397,8 +399,6 @@ def _incremental(tape: Tape, node: Node, states: dict, held: list[torch.Tensor])
         return state
     if name.rstrip("_") in ELEMENTWISE or name in ELEMENTWISE:
         return _elementwise(tape, node, refs, states, held)
-    if name in ("cat", "concat", "concatenate"):
-        return _concat(tape, node, states)
     raise _Dense
 
 
@@ -516,8 +516,8 @@ def _pool(tape: Tape, node: Node, source_index: int, state: Patch):
     pads = (_pair(padding, 0), _pair(padding, 1))
     if node.name == "max_pool2d":
         dilation = _arg(args, kwargs, 4, "dilation", 1)
-        if _arg(args, kwargs, 5, "ceil_mode", False) or _arg(args, kwargs, 6, "return_indices", False):
-            raise _Dense
+        if _arg(args, kwargs, 6, "return_indices", False):
+            raise _Dense                    # ceil_mode is fine: windows past the end read -inf
         dil = (_pair(dilation, 0), _pair(dilation, 1))
         run = lambda w: torch.nn.functional.max_pool2d(w, kernels, strides, 0, dil)  # noqa: E731
         return _window(tape, source_index, state, node.clean.shape, kernels, strides, dil, pads, float("-inf"), run)

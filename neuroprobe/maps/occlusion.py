@@ -34,6 +34,9 @@ from .receptive_field import theoretical_receptive_fields
 FILLS = ("noise", "mean", "zero", "blur")
 RESPONSES = ("peak", "max", "mean")
 OCCLUSION_METHODS = ("incremental", "dense")
+# Incremental batches on the CPU: small patches of many copies stay in cache (ResNet-18 layer3, 224 px:
+# 16-32 copies per batch 1.1x faster than 97, 1.3x faster than 128).
+INCREMENTAL_CPU_BATCH = 32
 log = logging.getLogger(__name__)
 
 
@@ -206,6 +209,8 @@ def discrepancy_maps(model: LoadedModel | nn.Module, images: torch.Tensor, layer
 
         jobs = np.argwhere(evaluated)                                        # (image, iy, ix)
         n = batch_size or _batch_for_budget(module, layer, inputs[:1], plan, memory_budget, dev, len(jobs))
+        if method == "incremental" and batch_size is None and dev.type == "cpu":
+            n = min(n, INCREMENTAL_CPU_BATCH)
         out = torch.zeros(len(pixels), len(unit_index), len(pos_y), len(pos_x), dtype=torch.float32, device=dev)
         rows = torch.arange(height, device=dev)
         cols = torch.arange(width, device=dev)
