@@ -51,6 +51,10 @@ VALUE_READS = frozenset({"item", "tolist", "__bool__", "__int__", "__float__", "
 
 # Where N slice copies per gather beat one advanced-indexing gather (no kernel launch per copy).
 SLICE_DEVICES = frozenset({"cpu"})
+# Channels-last windows convolve 10-20% faster on the CPU (oneDNN, no reorder), but their rounding differs more
+# from a plain NCHW loop: 1.1e-5 of the response scale on random-weight ResNet-18 layer3 (NCHW: 4.6e-6, the
+# dense sweep 3.5e-6). Off: exactness first.
+CHANNELS_LAST_WINDOWS = False
 
 
 class Unsupported(Exception):
@@ -217,7 +221,13 @@ def _gather(tape: Tape, node: int, state: Patch | None, y: torch.Tensor, x: torc
     h, w = size
     ys, xs = (y + pads[0]).tolist(), (x + pads[2]).tolist()
     # On the CPU, N slice copies beat one advanced-indexing gather several times over.
-    window = torch.stack([padded[:, a:a + h, b:b + w] for a, b in zip(ys, xs)])
+    if CHANNELS_LAST_WINDOWS:
+        hwc = tape.padded.get((key, "hwc"))
+        if hwc is None:
+            hwc = tape.padded[(key, "hwc")] = padded.permute(1, 2, 0).contiguous()
+        window = torch.stack([hwc[a:a + h, b:b + w] for a, b in zip(ys, xs)]).permute(0, 3, 1, 2)
+    else:
+        window = torch.stack([padded[:, a:a + h, b:b + w] for a, b in zip(ys, xs)])
     if state is not None:
         ph, pw = state.size
         for n, (top, left) in enumerate(zip((state.y - y).tolist(), (state.x - x).tolist())):
