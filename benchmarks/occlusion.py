@@ -572,7 +572,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{results['methods'][method]['seconds']:.2f} s (batch {results['methods'][method]['batch']})", flush=True)
     main_method = "incremental" if "incremental" in results["methods"] else args.methods[0]
     results["neuroprobe"] = results["methods"][main_method]
-    batch = results["neuroprobe"]["batch"] or args.batch_size
+    # the floor runs at the dense method's batch (neuroprobe's memory budget), when it was timed
+    batch = results["methods"].get("dense", results["neuroprobe"])["batch"] or args.batch_size
 
     for layer in dict.fromkeys([args.layer, *args.rf_layers]):
         print(f"floor {layer} ...", end=" ", flush=True)
