@@ -173,3 +173,26 @@ def test_a_model_that_cannot_be_replayed_falls_back_whole(caplog):
 def test_unknown_method_names_the_choices(resnet):
     with pytest.raises(NeuroprobeError, match="incremental, dense"):
         discrepancy_maps(resnet, sample_images(SIZE, n=1), "layer1", method="fast")
+
+
+def test_channel_splits_slices_concatenations_and_ceil_mode_pooling(caplog):
+    """The CSP / Ghost / Inception / DenseNet / SqueezeNet ops replay on patches, not densely."""
+    class Blocks(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = torch.nn.Conv2d(3, 8, 3, stride=2, padding=1)
+            self.branch = torch.nn.Conv2d(4, 4, 3, padding=1, groups=4)
+            self.pool = torch.nn.MaxPool2d(3, 2, ceil_mode=True)
+            self.out = torch.nn.Conv2d(6, 5, 3, padding=2, dilation=2)
+
+        def forward(self, x):
+            a, b = torch.relu(self.stem(x)).chunk(2, dim=1)
+            x = torch.cat([a, self.branch(b), a * 0.5], dim=1)[:, :6]
+            return self.out(torch.nn.functional.avg_pool2d(self.pool(x), 3, 1, 1))
+
+    torch.manual_seed(0)
+    model = Blocks().eval()
+    images = torch.randn(1, 3, SIZE, SIZE)
+    dense, incremental = both(model, images, "out", caplog, window=WINDOW, stride=STRIDE, fill="noise")
+    assert_equal_per_unit(incremental, dense)
+    assert "no op ran densely" in replayed(caplog)

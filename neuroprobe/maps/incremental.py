@@ -43,7 +43,8 @@ ELEMENTWISE = (ACTIVATION_NAMES - {"prelu", "rrelu"}) | frozenset({
     "addcmul", "addcdiv", "clone", "contiguous", "detach", "float", "half", "bfloat16", "type_as",
     "__add__", "__radd__", "__iadd__", "__sub__", "__rsub__", "__isub__", "__mul__", "__rmul__", "__imul__",
     "__truediv__", "__rtruediv__", "__itruediv__", "__neg__", "__pow__", "__rpow__", "__abs__"})
-PER_CHANNEL = frozenset({"batch_norm", "prelu"})   # (C,) parameters along the channel axis
+PER_CHANNEL = frozenset({"batch_norm", "prelu"})
+SPLITS = frozenset({"split", "chunk", "tensor_split", "split_with_sizes"})   # (C,) parameters along the channel axis
 # Calls that turn tensor values into Python values: the forward pass may branch on them.
 VALUE_READS = frozenset({"item", "tolist", "__bool__", "__int__", "__float__", "__index__", "__complex__",
                          "numpy", "__array__"})
@@ -386,7 +387,11 @@ def _incremental(tape: Tape, node: Node, states: dict, held: list[torch.Tensor])
     """The node's output as a :class:`Patch` where a rule applies; raises :class:`_Dense` otherwise. ``held``:
     patch tensors that later ops still read (an in-place op copies them first)."""
     refs = list(_refs(node.args, node.kwargs))
-    if any(not isinstance(states.get(r.index), Patch) for r in refs if r.index in states) or node.clean is None:
+    if any(not isinstance(states.get(r.index), Patch) for r in refs if r.index in states):
+        raise _Dense
+    if node.pieces:
+        return _split(tape, node, states)
+    if node.clean is None:
         raise _Dense
     name = node.name
     if name in ("cat", "concat", "concatenate") and _is_map(node.clean):
@@ -401,6 +406,8 @@ def _incremental(tape: Tape, node: Node, states: dict, held: list[torch.Tensor])
         return _pool(tape, node, first.index, state)
     if name == "pad":
         return _pad(node, state)
+    if name == "__getitem__" and len(refs) == 1 and _channel_index(node.args[1] if len(node.args) > 1 else None):
+        return Patch(state.value[node.args[1]], state.y, state.x)
     if name in PER_CHANNEL:
         if len(refs) > 1 or (name == "batch_norm" and _arg(node.args, node.kwargs, 5, "training", False)):
             raise _Dense
@@ -467,6 +474,26 @@ def _elementwise(tape: Tape, node: Node, refs: list[_Ref], states: dict, held: l
     y, x, size = _union(patches, shape)
     replaced = {i: _gather(tape, i, states[i], y, x, size) for i in dependent}
     return _apply(tape, node, replaced, Patch(torch.empty(0, 0, *size), y, x), held)
+
+
+def _channel_index(index) -> bool:
+    """x[:, a:b] or x[:, a:b, :, :] (Ghost modules keep the first channels): every position kept."""
+    full = slice(None)
+    return isinstance(index, tuple) and 2 <= len(index) <= 4 and index[0] == full and \
+        isinstance(index[1], slice) and all(i == full for i in index[2:])
+
+
+def _split(tape: Tape, node: Node, states: dict) -> tuple[Patch, ...]:
+    """split / chunk along channels (CSP and Ghost blocks): each piece keeps the patch's offsets."""
+    first = node.args[0] if node.args else None
+    if node.name not in SPLITS or not isinstance(first, _Ref) or first.index not in states:
+        raise _Dense
+    if _arg(node.args, node.kwargs, 2, "dim", 0) not in (1, -3) or \
+            not all(_is_map(tape.nodes[i].clean) for i in node.pieces):
+        raise _Dense
+    state = states[first.index]
+    pieces = node.func(state.value, *node.args[1:], **node.kwargs)
+    return tuple(Patch(piece, state.y, state.x) for piece in pieces)
 
 
 def _concat(tape: Tape, node: Node, states: dict) -> Patch:
