@@ -8,6 +8,10 @@ the unoccluded image (``response="peak"``, Zhou et al.) or pooled over space (``
 
 Occluder positions are the top-left corners ``0, stride, 2*stride, ...`` that keep the patch inside
 the image. ``discrepancy = original - occluded`` (positive where the patch lowers the response).
+
+By default the copies are not run whole: :mod:`neuroprobe.maps.incremental` recomputes per op only the
+region each patch can have changed (``method="incremental"``); ``method="dense"`` runs one truncated
+forward pass per copy. Both give the same maps.
 """
 from __future__ import annotations
 
