@@ -17,21 +17,10 @@ from neuroprobe.errors import NeuroprobeError
 from neuroprobe.maps import discrepancy_maps
 
 from references import resnet_block
-from test_occlusion import plain_loop, sample_images
+from test_occlusion import _no_grad, plain_loop, resnet, sample_images  # noqa: F401 (fixtures)
 
 # 67 px, window 11, stride 8: corners 0, 8, ..., 56, so patches touch all four borders
 SIZE, WINDOW, STRIDE = 67, 11, 8
-
-
-@pytest.fixture(autouse=True)
-def _no_grad():
-    with torch.no_grad():
-        yield
-
-
-@pytest.fixture(scope="module")
-def resnet(random_weights):
-    return load_model("resnet18", str(random_weights("resnet18")))
 
 
 @pytest.fixture(scope="module")
