@@ -7,9 +7,14 @@ the embedded ``data/sample``), resized and center-cropped to ``--size`` (224: re
 as uint8. Occluder: ``--window`` 11 px, ``--stride`` 3 px, ``--fill`` zero (black), so 224 px gives
 72 x 72 = 5184 occluded copies. Measured:
 
-* ``neuroprobe``: ``neuroprobe.maps.discrepancy_maps(model, image, "layer3")`` for all 256 units
-  (every forward pass stops at layer3), batch size left to neuroprobe (``--batch-size`` to fix it);
-  the batch it chose is read from its log and used by the floor;
+* ``neuroprobe``: ``neuroprobe.maps.discrepancy_maps(model, image, "layer3", method=M)`` for all 256 units,
+  once per ``--methods`` (``dense``: every copy's forward pass stops at layer3; ``incremental``: each op
+  recomputes only the region the patches can change; goal <= 0.3x the floor), batch size left to neuroprobe
+  (``--batch-size`` to fix it); the dense method's batch is read from its log and used by the floor. The
+  incremental maps are checked against the dense ones (max |diff| / each unit's response scale; ``--no-tf32``
+  on CUDA). ``--model efficientnet_lite0`` times ``blocks.3`` of the offline pretrained model instead, and
+  ``--sweep-windows 5 11 31`` adds a table of floor and incremental per occluder size and layer
+  (``--sweep-layers``, ``--sweep-stride``);
 * ``floor``: the same occluded copies through ``nn.Sequential(conv1, bn1, relu, maxpool, layer1,
   layer2, layer3)`` of the same module, no hooks, under ``torch.no_grad()``, with neuroprobe's
   batch size. Each batch of copies is built (pixel-space mask, same fill, normalised) before its
