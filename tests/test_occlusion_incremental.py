@@ -11,16 +11,20 @@ import logging
 import numpy as np
 import pytest
 import torch
+from references import resnet_block
+from test_occlusion import _no_grad, plain_loop, sample_images  # noqa: F401 (_no_grad: an autouse fixture)
 
 from neuroprobe import load_model
 from neuroprobe.errors import NeuroprobeError
 from neuroprobe.maps import discrepancy_maps
 
-from references import resnet_block
-from test_occlusion import _no_grad, plain_loop, resnet, sample_images  # noqa: F401 (fixtures)
-
 # 67 px, window 11, stride 8: corners 0, 8, ..., 56, so patches touch all four borders
 SIZE, WINDOW, STRIDE = 67, 11, 8
+
+
+@pytest.fixture(scope="module")
+def resnet(random_weights):
+    return load_model("resnet18", str(random_weights("resnet18")))
 
 
 @pytest.fixture(scope="module")

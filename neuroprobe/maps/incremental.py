@@ -24,9 +24,9 @@ runs the dense method instead.
 from __future__ import annotations
 
 import logging
-import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -450,13 +450,17 @@ def _union(patches: list[Patch], shape) -> tuple[torch.Tensor, torch.Tensor, tup
     return starts[0], starts[1], (sizes[0], sizes[1])
 
 
+def _varies_over_space(value: torch.Tensor) -> bool:
+    """Whether a tensor broadcast against (N, C, H, W) takes different values along H or W."""
+    return any(size != 1 for size in ((1, 1) + tuple(value.shape))[-2:])
+
+
 def _elementwise(tape: Tape, node: Node, refs: list[_Ref], states: dict, held: list[torch.Tensor]) -> Patch:
     """Each position alone: on one patch as it is; on several, on the union of their regions. Tensors that do
     not depend on the image must be constant over space (scalars, per-channel (C, 1, 1) tensors)."""
     shape = node.clean.shape
     for value in list(node.args) + list(node.kwargs.values()):
-        if isinstance(value, torch.Tensor) and value.dim() >= 1 and \
-                any(s != 1 for s in ((1, 1) + tuple(value.shape))[-2:]):
+        if isinstance(value, torch.Tensor) and _varies_over_space(value):
             raise _Dense
         if isinstance(value, (list, tuple)) and any(isinstance(v, (torch.Tensor, _Ref)) for v in value):
             raise _Dense
@@ -464,10 +468,9 @@ def _elementwise(tape: Tape, node: Node, refs: list[_Ref], states: dict, held: l
     for index in dependent:
         if tuple(tape.nodes[index].clean.shape) != tuple(shape):
             raise _Dense
-    others = [r.index for r in refs if r.index not in states]
-    if others:                          # tape outputs that do not depend on the image: constants over space?
-        if any(any(s != 1 for s in tape.nodes[i].clean.shape[-2:]) for i in others if tape.nodes[i].clean.dim() >= 2):
-            raise _Dense
+    others = [tape.nodes[r.index].clean for r in refs if r.index not in states]   # not from the image
+    if any(_varies_over_space(value) for value in others):
+        raise _Dense
     patches = [states[i] for i in dependent]
     if len(patches) == 1:
         return _apply(tape, node, {dependent[0]: patches[0].value}, patches[0], held)
@@ -539,7 +542,7 @@ def _conv(tape: Tape, node: Node, states: dict, source_index: int, state: Patch)
     else:
         pad_before = (_pair(padding, 0), _pair(padding, 1))
     strides = (_pair(stride, 0), _pair(stride, 1))
-    run = lambda window: torch.nn.functional.conv2d(window, weight, bias, strides, 0, dil, groups)  # noqa: E731
+    run = lambda window: torch.nn.functional.conv2d(window, weight, bias, strides, 0, dil, groups)
     return _window(tape, source_index, state, node.clean.shape, kernel, strides, dil, pad_before, 0.0, run)
 
 
@@ -556,13 +559,13 @@ def _pool(tape: Tape, node: Node, source_index: int, state: Patch):
         if _arg(args, kwargs, 6, "return_indices", False):
             raise _Dense                    # ceil_mode is fine: windows past the end read -inf
         dil = (_pair(dilation, 0), _pair(dilation, 1))
-        run = lambda w: torch.nn.functional.max_pool2d(w, kernels, strides, 0, dil)  # noqa: E731
+        run = lambda w: torch.nn.functional.max_pool2d(w, kernels, strides, 0, dil)
         return _window(tape, source_index, state, node.clean.shape, kernels, strides, dil, pads, float("-inf"), run)
     ceil_mode, include_pad = _arg(args, kwargs, 4, "ceil_mode", False), _arg(args, kwargs, 5, "count_include_pad", True)
     divisor = _arg(args, kwargs, 6, "divisor_override", None)
     if ceil_mode or (not include_pad and any(pads)):
         raise _Dense
-    run = lambda w: torch.nn.functional.avg_pool2d(w, kernels, strides, 0, False, True, divisor)  # noqa: E731
+    run = lambda w: torch.nn.functional.avg_pool2d(w, kernels, strides, 0, False, True, divisor)
     return _window(tape, source_index, state, node.clean.shape, kernels, strides, (1, 1), pads, 0.0, run)
 
 
