@@ -163,6 +163,18 @@ def test_a_model_that_cannot_be_replayed_falls_back_whole(caplog):
     assert_equal_per_unit(incremental, dense)
 
 
+def test_inference_mode_runs_the_dense_method(caplog):
+    """Inference tensors have no version counters, which the tape needs to see in-place ops: dense, same maps."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3)).eval()
+    images = torch.randn(1, 3, 24, 24)
+    expected = discrepancy_maps(model, images, "2", window=5, stride=4, method="dense")
+    with torch.inference_mode(), caplog.at_level(logging.INFO, "neuroprobe.maps.incremental"):
+        maps = discrepancy_maps(model, images, "2", window=5, stride=4)
+    assert "inference_mode" in caplog.text
+    assert_equal_per_unit(maps, expected)
+
+
 def test_unknown_method_names_the_choices(resnet):
     with pytest.raises(NeuroprobeError, match="incremental, dense"):
         discrepancy_maps(resnet, sample_images(SIZE, n=1), "layer1", method="fast")

@@ -166,6 +166,8 @@ def _refs(args, kwargs):
 def record(capture: Capture, layer: str, image: torch.Tensor, values: dict) -> tuple[Tape, int, list[int]]:
     """Run ``image`` (batch of one) through ``capture`` under a :class:`Tape`: the tape, the node of
     ``layer``'s captured value, and the nodes that value depends on, in order."""
+    if torch.is_inference_mode_enabled() or image.is_inference():
+        raise Unsupported("under torch.inference_mode tensors have no version counters to check in-place ops by")
     tape = Tape(image)
     with tape:
         capture.run(image)
