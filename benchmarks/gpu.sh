@@ -42,8 +42,9 @@
 #                 1 thread; thingsvision only if importable (else a skip line)
 #   extract-bf16  the same with --amp bf16 (thingsvision has no mixed precision: not run)
 #   occlusion     benchmarks/occlusion.py: all 256 units of ResNet-18 layer3 on one 224 px image
-#                 (5,184 occluded copies) vs the bare truncated forward pass and vs Captum's Occlusion
-#                 one unit at a time (8 units timed, 256 extrapolated) | --quick (65 px), 1 Captum unit
+#                 (5,184 occluded copies), the dense and the incremental method (TF32 off, so that their
+#                 maps can be checked equal within 1e-5) vs the bare truncated forward pass and vs Captum's
+#                 Occlusion one unit at a time (8 units timed, 256 extrapolated) | --quick (65 px), 1 Captum unit
 #   attribution   benchmarks/attribution.py: EfficientNet-Lite0, batch 32: gradient, guided, SmoothGrad,
 #                 Grad-CAM, DFF, 4-class variants, feedback vs the forward/backward floor, Captum and
 #                 pytorch-grad-cam | --quick, gradient + gradcam + dff only
@@ -297,7 +298,7 @@ run_step extract-bf16 "$PY" benchmarks/extract.py "${EXTRACT[@]}" --amp bf16 --n
 
 # --- occlusion and attribution ----------------------------------------------------------------------
 if (( DRY )); then
-    run_step occlusion "$PY" benchmarks/occlusion.py --quick --device cpu --threads 1 --captum-units 1 \
+    run_step occlusion "$PY" benchmarks/occlusion.py --quick --device cpu --threads 1 --captum-units 1 --no-tf32 \
         --captum-ppe 64 --rf-layers layer3 --out "$WORK/occlusion.md" --json "$RES/occlusion.json"
     run_step attribution "$PY" benchmarks/attribution.py --quick --device cpu --threads 1 \
         --methods gradient gradcam dff --out "$WORK/attribution.md"
@@ -311,7 +312,7 @@ else
     # the image of the CPU runs (benchmarks/results_occlusion.md): the sample's first photo, when carried
     OCCLUDE=()
     [[ -f .gpudata/imagenet-sample/images/n01440764.jpg ]] && OCCLUDE=(--image .gpudata/imagenet-sample/images/n01440764.jpg)
-    run_step occlusion "$PY" benchmarks/occlusion.py --device cuda --threads 4 --captum-units 8 \
+    run_step occlusion "$PY" benchmarks/occlusion.py --device cuda --threads 4 --captum-units 8 --no-tf32 \
         --captum-ppe 64 256 1024 "${OCCLUDE[@]}" --out "$WORK/occlusion.md" --json "$RES/occlusion.json"
     run_step attribution "$PY" benchmarks/attribution.py --device cuda --batch 32 --repeats 5 --slow-repeats 3 \
         --threads 8 --out "$WORK/attribution.md"

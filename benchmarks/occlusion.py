@@ -7,9 +7,14 @@ the embedded ``data/sample``), resized and center-cropped to ``--size`` (224: re
 as uint8. Occluder: ``--window`` 11 px, ``--stride`` 3 px, ``--fill`` zero (black), so 224 px gives
 72 x 72 = 5184 occluded copies. Measured:
 
-* ``neuroprobe``: ``neuroprobe.maps.discrepancy_maps(model, image, "layer3")`` for all 256 units
-  (every forward pass stops at layer3), batch size left to neuroprobe (``--batch-size`` to fix it);
-  the batch it chose is read from its log and used by the floor;
+* ``neuroprobe``: ``neuroprobe.maps.discrepancy_maps(model, image, "layer3", method=M)`` for all 256 units,
+  once per ``--methods`` (``dense``: every copy's forward pass stops at layer3; ``incremental``: each op
+  recomputes only the region the patches can change; goal <= 0.3x the floor), batch size left to neuroprobe
+  (``--batch-size`` to fix it); the dense method's batch is read from its log and used by the floor. The
+  incremental maps are checked against the dense ones (max |diff| / each unit's response scale; ``--no-tf32``
+  on CUDA). ``--model efficientnet_lite0`` times ``blocks.3`` of the offline pretrained model instead, and
+  ``--sweep-windows 5 11 31`` adds a table of floor and incremental per occluder size and layer
+  (``--sweep-layers``, ``--sweep-stride``);
 * ``floor``: the same occluded copies through ``nn.Sequential(conv1, bn1, relu, maxpool, layer1,
   layer2, layer3)`` of the same module, no hooks, under ``torch.no_grad()``, with neuroprobe's
   batch size. Each batch of copies is built (pixel-space mask, same fill, normalised) before its
@@ -66,6 +71,8 @@ SHARED_DATA = REPO.parent / "shared" / "data" / "imagenet-sample" / "labels.csv"
 EMBEDDED_DATA = REPO / "data" / "sample" / "labels.csv"
 STEM = ("conv1", "bn1", "relu", "maxpool")
 STAGES = ("layer1", "layer2", "layer3", "layer4")            # the ResNet stages the hand-written references cover
+MODELS = {"resnet18": ("layer3", STAGES), "efficientnet_lite0": ("blocks.3", tuple(f"blocks.{i}" for i in range(7)))}
+METHODS = ("dense", "incremental")
 
 
 # -- setup ----------------------------------------------------------------------------------------------
@@ -77,16 +84,20 @@ def default_image() -> Path:
     return csv.parent / pd.read_csv(csv).path.iloc[0]
 
 
-def build_model(size: int):
-    """ResNet-18, torch.manual_seed(0) random weights, eval mode, as a LoadedModel cropping to ``size``."""
+def build_model(size: int, name: str = "resnet18"):
+    """ResNet-18 (torch.manual_seed(0) random weights) or the offline pretrained EfficientNet-Lite0, eval
+    mode, as a LoadedModel cropping to ``size``."""
     import torch
     from torchvision.models import resnet18
 
-    from neuroprobe.models.loading import LoadedModel, Preprocessing
+    from neuroprobe.models.loading import LoadedModel, Preprocessing, load_model
 
+    preprocessing = Preprocessing(resize=round(size * 256 / 224), crop=size, source="benchmark")
+    if name == "efficientnet_lite0":
+        loaded = load_model(name)
+        return LoadedModel(loaded.module.eval(), preprocessing, loaded.provenance)
     torch.manual_seed(0)
     module = resnet18().eval()
-    preprocessing = Preprocessing(resize=round(size * 256 / 224), crop=size, source="benchmark")
     return LoadedModel(module, preprocessing, {"model": "resnet18", "weights": "none", "init_seed": 0})
 
 
@@ -99,9 +110,12 @@ def load_image(path: Path, loaded):
 
 
 def truncated(module, layer: str):
-    """conv1 .. ``layer`` as a plain nn.Sequential sharing the module's parameters (no hooks)."""
+    """conv1 .. ``layer`` (ResNet) or conv_stem .. ``blocks.k`` (EfficientNet) as a plain nn.Sequential
+    sharing the module's parameters (no hooks)."""
     from torch import nn
 
+    if layer.startswith("blocks."):
+        return nn.Sequential(module.conv_stem, module.bn1, *module.blocks[:int(layer.split(".")[1]) + 1])
     names = [*STEM, *[f"layer{i}" for i in range(1, int(layer[-1]) + 1)]]
     return nn.Sequential(*[getattr(module, name) for name in names])
 
@@ -109,8 +123,11 @@ def truncated(module, layer: str):
 def pre_activation(module, layer: str):
     """x -> ``layer``'s pre-activation (its last block's residual sum before the final ReLU), no hooks.
 
-    Independent of neuroprobe's capture code: the torchvision BasicBlock written out by hand.
+    Independent of neuroprobe's capture code: the torchvision BasicBlock written out by hand. EfficientNet
+    stages end in a linear bottleneck: their pre-activation is the output.
     """
+    if layer.startswith("blocks."):
+        return truncated(module, layer)
     index = int(layer[-1])
     head = truncated(module, f"layer{index - 1}") if index > 1 else None
     stage = getattr(module, layer)
@@ -320,7 +337,8 @@ def table_rows(results: dict, units: dict[str, int]) -> list[dict]:
                      "speedup": captum_time / r["seconds"] if captum_time else None, "note": note})
 
     layer = results["layer"]
-    add("neuroprobe", layer, units[layer], results["neuroprobe"], captum_all)
+    for method, r in results["methods"].items():
+        add(f"neuroprobe ({method})", layer, units[layer], r, captum_all)
     for name, r in results["floor"].items():
         add("floor (bare truncated forward)", name, "-", r)
     for (rf_layer, which), r in results["rf_only"].items():
@@ -358,11 +376,11 @@ def summary_lines(args, info: dict, results: dict, checks: list[dict], malloc: s
     image = results["image"]
     lines = [f"command: {' '.join([sys.executable, *sys.argv])}",
              (f"machine: {info['cpu']}, {info['cores']} cores; {info.get('gpu', 'no GPU used')}; "
-              f"device {info['device']}; torch threads {info['threads']}; load average at start "
+              f"device {info['device']}; TF32 {info['tf32']}; torch threads {info['threads']}; load average at start "
               f"{info['load_start']}, at end {info['load_end']}"),
              (f"python {info['python']}, torch {info['torch']}, torchvision {info['torchvision']}, "
               f"captum {info['captum']}; malloc: {malloc}"),
-             (f"model: torchvision resnet18, torch.manual_seed(0) random weights, eval; image {image} -> "
+             (f"model: {MODEL_TEXT[args.model]}, eval; image {image} -> "
               f"{args.size}x{args.size}, ImageNet mean/std; window {args.window}, stride {args.stride}, fill "
               f"'{args.fill}', response 'peak' (pre-activation)")]
     for c in checks:
@@ -382,15 +400,70 @@ def summary_lines(args, info: dict, results: dict, checks: list[dict], malloc: s
     return lines
 
 
+MODEL_TEXT = {"resnet18": "torchvision resnet18, torch.manual_seed(0) random weights",
+              "efficientnet_lite0": "timm tf_efficientnet_lite0, the offline pretrained weights"}
+
+
+def equality(results: dict) -> str | None:
+    """Incremental vs dense maps of the timed runs: max |diff| / each unit's response scale."""
+    methods = results["methods"]
+    if not {"dense", "incremental"} <= set(methods):
+        return None
+    dense, incremental = methods["dense"]["maps"], methods["incremental"]["maps"]
+    scale = np.maximum(np.abs(dense.reference).max(0), np.abs(dense.values).max(axis=(0, 2, 3)))
+    error = np.abs(incremental.values - dense.values) / np.maximum(scale, 1e-30)[None, :, None, None]
+    return (f"incremental vs dense on {results['layer']}: max |diff| / unit's response scale = {error.max():.2e} "
+            "(goal <= 1e-5)")
+
+
+def run_sweep(loaded, image, args, device, log: BatchLog) -> list[dict]:
+    """Floor and incremental (and dense with --sweep-dense) per occluder size and layer, at --sweep-stride."""
+    rows = []
+    for window in args.sweep_windows:
+        for layer in args.sweep_layers:
+            sub = argparse.Namespace(**{**vars(args), "window": window, "stride": args.sweep_stride})
+            print(f"sweep: window {window}, {layer} ...", end=" ", flush=True)
+            row = {"window": window, "layer": layer}
+            for method in ("incremental", "dense") if args.sweep_dense else ("incremental",):
+                r = run_neuroprobe(loaded, image, layer, sub, device, log, method=method)
+                row[method] = {k: r[k] for k in ("seconds", "cpu", "copies", "batch")}
+            floor = run_floor(loaded, image, layer, row["incremental"]["batch"] or args.batch_size, sub, device)
+            row["floor"] = floor
+            rows.append(row)
+            print(f"floor {floor['seconds']:.2f} s, incremental {row['incremental']['seconds']:.2f} s "
+                  f"({row['incremental']['seconds'] / floor['seconds']:.2f}x)", flush=True)
+    return rows
+
+
+def sweep_table(rows: list[dict], markdown: bool) -> str:
+    head = ["window", "layer", "copies", "floor s", "floor CPU s", "incremental s", "incremental CPU s",
+            "x floor (wall)", "x floor (CPU)", "dense x floor"]
+    body = []
+    for r in rows:
+        f, i = r["floor"], r["incremental"]
+        dense = f"{r['dense']['seconds'] / f['seconds']:.2f}" if "dense" in r else ""
+        body.append([str(r["window"]), r["layer"], str(i["copies"]), f"{f['seconds']:.2f}", f"{f['cpu']:.2f}",
+                     f"{i['seconds']:.2f}", f"{i['cpu']:.2f}", f"{i['seconds'] / f['seconds']:.2f}",
+                     f"{i['cpu'] / f['cpu']:.2f}", dense])
+    if markdown:
+        return "\n".join("| " + " | ".join(line) + " |" for line in [head, ["---"] * len(head), *body])
+    widths = [max(len(line[k]) for line in [head, *body]) for k in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in [head, *body])
+
+
 def write_out(path: str, args, info, rows, lines, checks, results, as_json: bool = False) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     if as_json or path.endswith(".json"):
-        data = {"info": info, "args": vars(args), "rows": rows, "checks": checks, "notes": lines}
+        data = {"info": info, "args": vars(args), "rows": rows, "checks": checks, "notes": lines,
+                "sweep": results.get("sweep", [])}
         Path(path).write_text(json.dumps(data, indent=1, default=str) + "\n")
         return
     title = f"# Occlusion maps: neuroprobe vs floor vs Captum ({'quick' if args.quick else 'full'} run)\n"
-    text = "\n".join([title, f"## {info['date']}", "", *[f"- {line}" for line in lines], "",
-                      format_table(rows, markdown=True), ""])
+    parts = [title, f"## {info['date']}", "", *[f"- {line}" for line in lines], "", format_table(rows, markdown=True), ""]
+    if results.get("sweep"):
+        parts += [f"Occluder size and depth (stride {args.sweep_stride}):", "",
+                  sweep_table(results["sweep"], markdown=True), ""]
+    text = "\n".join(parts)
     Path(path).write_text(text)
 
 
@@ -407,9 +480,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fill", default="zero", choices=("zero", "mean", "noise"),
                    help="occluder fill for every contender (Captum's baseline = the same, normalised; "
                         "default %(default)s)")
-    p.add_argument("--layer", default="layer3", choices=STAGES, help="layer of the main comparison (default %(default)s)")
-    p.add_argument("--rf-layers", nargs="*", default=None, choices=STAGES,
-                   help="layers of the rf_only rows, each with its own floor (default: layer3 layer2)")
+    p.add_argument("--model", default="resnet18", choices=tuple(MODELS),
+                   help="resnet18 (seeded random weights) or efficientnet_lite0 (offline pretrained; default %(default)s)")
+    p.add_argument("--layer", default=None,
+                   help="layer of the main comparison (default: layer3 for resnet18, blocks.3 for efficientnet_lite0)")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
+                   help="discrepancy_maps methods timed in the main table (default: dense incremental)")
+    p.add_argument("--rf-layers", nargs="*", default=None,
+                   help="layers of the rf_only rows, each with its own floor (default: layer3 layer2 for resnet18; "
+                        "none for efficientnet_lite0; give the option alone for none)")
+    p.add_argument("--sweep-windows", type=int, nargs="*", default=[],
+                   help="occluder sizes of the sweep table (e.g. 5 11 31; default: no sweep)")
+    p.add_argument("--sweep-layers", nargs="+", default=None,
+                   help="layers of the sweep table (default: layer1 layer2 layer3 for resnet18)")
+    p.add_argument("--sweep-stride", type=int, default=6, help="occluder stride of the sweep (default %(default)s)")
+    p.add_argument("--sweep-dense", action="store_true", help="also time the dense method in the sweep")
     p.add_argument("--rf-unit", type=int, default=0, help="the unit of the single-unit rf_only rows (default 0)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="occluded copies per pass for neuroprobe and the floor (default: neuroprobe's choice)")
@@ -420,13 +505,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--image", type=Path, default=None, help="image file (default: first image of the sample)")
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1: a shared machine)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default %(default)s)")
+    p.add_argument("--no-tf32", action="store_true",
+                   help="CUDA: convolutions and matmuls in full fp32 (TF32 off), so that the incremental and dense "
+                        "maps can be checked equal within 1e-5 (TF32 rounds to ~1e-3)")
     p.add_argument("--out", default=None,
                    help="write the results here: .json -> JSON, else a Markdown file (overwritten)")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON here (overwritten)")
     args = p.parse_args(argv)
     args.size = args.size or (65 if args.quick else 224)
+    default_layer, layers = MODELS[args.model]
+    args.layer = args.layer or default_layer
     if args.rf_layers is None:
-        args.rf_layers = ["layer3", "layer2"]
+        args.rf_layers = ["layer3", "layer2"] if args.model == "resnet18" else []
+    if args.sweep_layers is None:
+        args.sweep_layers = ["layer1", "layer2", "layer3"] if args.model == "resnet18" else ["blocks.1", "blocks.2", "blocks.3"]
+    bad = [name for name in [args.layer, *args.rf_layers, *args.sweep_layers] if name not in layers]
+    if bad:
+        p.error(f"layer(s) {bad} not covered for {args.model}; choose from {', '.join(layers)}")
     return args
 
 
@@ -447,7 +542,11 @@ def main(argv: list[str] | None = None) -> None:
     else:
         malloc = "default glibc (CUDA run)"
     torch.set_num_threads(args.threads)
+    if args.no_tf32:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     info = machine_info(device)
+    info["tf32"] = "off" if args.no_tf32 or device.type != "cuda" else "on (torch's default for cuDNN convolutions)"
     print(f"{info['cpu']}, {info['cores']} cores; torch {info['torch']}, {info['threads']} thread(s); "
           f"device {device}{', ' + info['gpu'] if 'gpu' in info else ''}\nmalloc: {malloc}", flush=True)
 
@@ -457,7 +556,7 @@ def main(argv: list[str] | None = None) -> None:
     logger.addHandler(log)
     logger.propagate = False
 
-    loaded = build_model(args.size)
+    loaded = build_model(args.size, args.model)
     loaded.module.to(device)
     image_path = args.image or default_image()
     image = load_image(image_path, loaded)
@@ -471,10 +570,15 @@ def main(argv: list[str] | None = None) -> None:
           f"window {args.window}, stride {args.stride}, fill {args.fill}", flush=True)
 
     start = time.perf_counter()
-    print(f"neuroprobe {args.layer}, {units[args.layer]} units ...", end=" ", flush=True)
-    results["neuroprobe"] = run_neuroprobe(loaded, image, args.layer, args, device, log)
-    batch = results["neuroprobe"]["batch"] or args.batch_size
-    print(f"{results['neuroprobe']['seconds']:.2f} s (batch {batch})", flush=True)
+    results["methods"] = {}
+    for method in args.methods:
+        print(f"neuroprobe ({method}) {args.layer}, {units[args.layer]} units ...", end=" ", flush=True)
+        results["methods"][method] = run_neuroprobe(loaded, image, args.layer, args, device, log, method=method)
+        print(f"{results['methods'][method]['seconds']:.2f} s (batch {results['methods'][method]['batch']})", flush=True)
+    main_method = "incremental" if "incremental" in results["methods"] else args.methods[0]
+    results["neuroprobe"] = results["methods"][main_method]
+    # the floor runs at the dense method's batch (neuroprobe's memory budget), when it was timed
+    batch = results["methods"].get("dense", results["neuroprobe"])["batch"] or args.batch_size
 
     for layer in dict.fromkeys([args.layer, *args.rf_layers]):
         print(f"floor {layer} ...", end=" ", flush=True)
@@ -497,6 +601,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  captum {len(captum_units)} unit(s) at stride {args.stride}: {results['captum']['seconds']:.2f} s "
               f"(ppe {results['captum']['ppe']})", flush=True)
         checks = agreement(results["neuroprobe"]["maps"], results["captum"])
+    if args.sweep_windows:
+        results["sweep"] = run_sweep(loaded, image, args, device, log)
     info["load_end"] = " ".join(f"{v:.2f}" for v in os.getloadavg())
     info["total_s"] = time.perf_counter() - start
     info["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -504,15 +610,24 @@ def main(argv: list[str] | None = None) -> None:
     rows = table_rows(results, units)
     lines = summary_lines(args, info, results, checks, malloc)
     lines.append(f"benchmark wall time {info['total_s']:.0f} s, peak RSS {info['max_rss_mb']:.0f} MiB")
-    goal = [f"neuroprobe / floor = {rows[0]['x_floor']:.2f} (goal <= 1.3)"]
+    goals = {"dense": "goal <= 1.3", "incremental": "goal <= 0.3"}
+    goal = [f"neuroprobe ({row['contender'][12:-1]}) / floor = {row['x_floor']:.2f} ({goals[row['contender'][12:-1]]})"
+            for row in rows[:len(results["methods"])]]
     if rows[0]["speedup"]:
-        goal.append(f"Captum ({units[args.layer]} units, extrapolated) / neuroprobe = {rows[0]['speedup']:.0f}x "
-                    "(goal >= 100x)")
+        goal += [f"Captum ({units[args.layer]} units, extrapolated) / neuroprobe ({row['contender'][12:-1]}) = "
+                 f"{row['speedup']:.0f}x (goal >= 100x)" for row in rows[:len(results["methods"])]]
     lines.append("; ".join(goal))
-    cpu_ratio = results["neuroprobe"]["cpu"] / results["floor"][args.layer]["cpu"]
-    lines.append(f"by process CPU time instead of wall time: neuroprobe / floor = {cpu_ratio:.2f} (wall time well above "
+    cpu_ratios = ", ".join(f"{method} {r['cpu'] / results['floor'][args.layer]['cpu']:.2f}"
+                           for method, r in results["methods"].items())
+    lines.append(f"by process CPU time instead of wall time: neuroprobe / floor = {cpu_ratios} (wall time well above "
                  "CPU time x threads means the process waited for a core: other load on the machine)")
-    print("\n" + format_table(rows, markdown=False) + "\n\n" + "\n".join(lines), flush=True)
+    check = equality(results)
+    if check:
+        lines.append(check)
+    text = "\n" + format_table(rows, markdown=False) + "\n\n" + "\n".join(lines)
+    if results.get("sweep"):
+        text += f"\n\nsweep (stride {args.sweep_stride}):\n" + sweep_table(results["sweep"], markdown=False)
+    print(text, flush=True)
     for path, as_json in ((args.out, False), (args.json, True)):
         if path:
             write_out(path, args, info, rows, lines, checks, results, as_json)

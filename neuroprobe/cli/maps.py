@@ -18,6 +18,9 @@ def _occluder(parser) -> None:
                              "copy (default: %(default)s)")
     parser.add_argument("--rf-only", action="store_true",
                         help="only run occluders that overlap the units' theoretical receptive fields")
+    parser.add_argument("--method", choices=["incremental", "dense"], default="incremental",
+                        help="incremental: recompute per op only the region each patch can change; dense: one "
+                             "truncated forward pass per copy (same maps; default: %(default)s)")
     common.add_batch_size(parser, None, "occluded copies per forward pass")
     common.add_device(parser)
 
@@ -57,7 +60,7 @@ def _occlude(args) -> int:
     out = occlude(args.model, args.data, args.layer, args.out, weights=args.weights, units=common.parse_units(args.units),
                   window=args.window, stride=args.stride, fill=args.fill, response=args.response,
                   absolute=args.absolute, rf_only=args.rf_only, device=args.device, overwrite=args.overwrite,
-                  batch_size=args.batch_size)
+                  batch_size=args.batch_size, method=args.method)
     if not common.first_process():
         return 0
     group = open_group(out)
@@ -77,7 +80,7 @@ def _rf(args) -> int:
     table = rf_report(args.store, args.layers, args.out, k=args.k, units=common.parse_units(args.units),
                       threshold=args.threshold, window=args.window, stride=args.stride, fill=args.fill,
                       rf_only=args.rf_only, device=args.device, batch_size=args.batch_size,
-                      allow_incomplete=args.allow_incomplete)
+                      allow_incomplete=args.allow_incomplete, method=args.method)
     summary = table.groupby("layer", sort=False).agg(units=("unit", "size"), theoretical=("theoretical_rf_px", "first"),
                                                      empirical=("empirical_rf_px", "median"), ratio=("ratio", "median"))
     print("receptive fields (px; empirical = median over units):")

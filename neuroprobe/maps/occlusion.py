@@ -8,6 +8,10 @@ the unoccluded image (``response="peak"``, Zhou et al.) or pooled over space (``
 
 Occluder positions are the top-left corners ``0, stride, 2*stride, ...`` that keep the patch inside
 the image. ``discrepancy = original - occluded`` (positive where the patch lowers the response).
+
+By default the copies are not run whole: :mod:`neuroprobe.maps.incremental` recomputes per op only the
+region each patch can have changed (``method="incremental"``); ``method="dense"`` runs one truncated
+forward pass per copy. Both give the same maps.
 """
 from __future__ import annotations
 
@@ -28,10 +32,15 @@ from ..engine.device import autocast, resolve_device
 from ..progress import Progress
 from ..engine.malloc import keep_freed_memory_on_cpu
 from ..models.loading import LoadedModel
+from .incremental import Replayer
 from .receptive_field import theoretical_receptive_fields
 
 FILLS = ("noise", "mean", "zero", "blur")
 RESPONSES = ("peak", "max", "mean")
+OCCLUSION_METHODS = ("incremental", "dense")
+# Incremental batches on the CPU: small patches of many copies stay in cache (ResNet-18 layer3, 224 px:
+# 16-32 copies per batch 1.1x faster than 97, 1.3x faster than 128).
+INCREMENTAL_CPU_BATCH = 32
 log = logging.getLogger(__name__)
 
 
@@ -132,7 +141,8 @@ def discrepancy_maps(model: LoadedModel | nn.Module, images: torch.Tensor, layer
                      units: Sequence[int] | None = None, window: int = 11, stride: int = 3, fill: str = "noise",
                      response: str = "peak", absolute: bool = False, rf_only: bool = False,
                      batch_size: int | None = None, memory_budget: int | None = None, device: str | None = None,
-                     amp: str | None = None, post_activation: bool = False, seed: int = 0) -> DiscrepancyMaps:
+                     amp: str | None = None, post_activation: bool = False, seed: int = 0,
+                     method: str = "incremental") -> DiscrepancyMaps:
     """Discrepancy maps of ``units`` (default: all) of ``layer`` for a batch of images, from one sweep.
 
     ``images``: uint8 (B, 3, H, W) with a :class:`LoadedModel` (occluded in pixel space, then
@@ -145,7 +155,13 @@ def discrepancy_maps(model: LoadedModel | nn.Module, images: torch.Tensor, layer
     before ``layer``, such as squeeze-excitation). The result holds (B, units, positions) floats: pass
     a few images per call (:func:`neuroprobe.maps.occlusion_store.occlude` passes one). The module
     is moved to ``device`` and put in eval mode.
+
+    ``method="incremental"`` recomputes, per op, only the region each copy's patch can have changed
+    (:mod:`neuroprobe.maps.incremental`; ops without a local rule run densely from there on), with the
+    same result as ``"dense"``, one truncated forward pass per copy.
     """
+    if method not in OCCLUSION_METHODS:
+        raise NeuroprobeError(f"unknown method '{method}'; choose from {', '.join(OCCLUSION_METHODS)}")
     if fill not in FILLS:
         raise NeuroprobeError(f"unknown fill '{fill}'; choose from {', '.join(FILLS)}")
     if response not in RESPONSES:
@@ -197,22 +213,29 @@ def discrepancy_maps(model: LoadedModel | nn.Module, images: torch.Tensor, layer
 
         jobs = np.argwhere(evaluated)                                        # (image, iy, ix)
         n = batch_size or _batch_for_budget(module, layer, inputs[:1], plan, memory_budget, dev, len(jobs))
+        if method == "incremental" and batch_size is None and dev.type == "cpu":
+            n = min(n, INCREMENTAL_CPU_BATCH)
         out = torch.zeros(len(pixels), len(unit_index), len(pos_y), len(pos_x), dtype=torch.float32, device=dev)
         rows = torch.arange(height, device=dev)
         cols = torch.arange(width, device=dev)
         ty, tx = torch.as_tensor(pos_y, device=dev), torch.as_tensor(pos_x, device=dev)
         log.debug("layer %s: %d occluded copies of %d image(s), %d per pass", layer, len(jobs), len(pixels), n)
+        replayer = Replayer(capture, layer, inputs, occluders, window, values) if method == "incremental" else None
         with capture, Progress(len(jobs), f"occlusion ({layer})", "copy") as meter:
-            for start in range(0, len(jobs), n):
-                job = torch.as_tensor(jobs[start:start + n], device=dev)
+            for batch in _batches(jobs, n, by_image=replayer is not None):
+                job = torch.as_tensor(batch, device=dev)
                 image, oy, ox = job[:, 0], ty[job[:, 1]], tx[job[:, 2]]
-                in_y = (rows[None] >= oy[:, None]) & (rows[None] < oy[:, None] + window)
-                in_x = (cols[None] >= ox[:, None]) & (cols[None] < ox[:, None] + window)
-                mask = (in_y[:, :, None] & in_x[:, None, :])[:, None]         # (n, 1, H, W)
-                copies = torch.where(mask, occluders[image], inputs[image])
                 with amp_context:
-                    capture.run(copies)
-                occluded = _respond(_as_map(values[layer][:, unit_index].float()), peak_flat[image], response)
+                    value = replayer.run(int(batch[0, 0]), oy, ox) if replayer is not None else None
+                if value is None:
+                    in_y = (rows[None] >= oy[:, None]) & (rows[None] < oy[:, None] + window)
+                    in_x = (cols[None] >= ox[:, None]) & (cols[None] < ox[:, None] + window)
+                    mask = (in_y[:, :, None] & in_x[:, None, :])[:, None]         # (n, 1, H, W)
+                    copies = torch.where(mask, occluders[image], inputs[image])
+                    with amp_context:
+                        capture.run(copies)
+                    value = values[layer]
+                occluded = _respond(_as_map(value[:, unit_index].float()), peak_flat[image], response)
                 out[job[:, 0], :, job[:, 1], job[:, 2]] = reference[image] - occluded   # stays on the device
                 meter.update(len(job))
     maps = out.cpu().numpy()
@@ -223,6 +246,19 @@ def discrepancy_maps(model: LoadedModel | nn.Module, images: torch.Tensor, layer
     return DiscrepancyMaps(maps, np.asarray(unit_index), reference.cpu().numpy(), peak, peak_px, evaluated, layer,
                            window, stride, fill, response, absolute, rf_only, (int(height), int(width)), pos_y, pos_x,
                            {k: float(v) for k, v in rf.items() if k != "layer"})
+
+
+def _batches(jobs: np.ndarray, n: int, by_image: bool):
+    """Slices of at most ``n`` jobs (image, iy, ix), in order; with ``by_image``, each from one image.
+
+    (Grouping the copies of an incremental batch by the occluder's phase modulo the layer's stride makes every
+    copy's region the same size, but the smaller batches cost more than the multiply-adds saved: measured
+    1.2x slower on ResNet-18 layer3.)"""
+    starts = np.flatnonzero(np.diff(jobs[:, 0], prepend=-1)) if by_image and len(jobs) else np.array([0])
+    ends = np.append(starts[1:], len(jobs))
+    for first, last in zip(starts, ends):
+        for start in range(first, last, n):
+            yield jobs[start:min(start + n, last)]
 
 
 @functools.lru_cache(maxsize=None)
