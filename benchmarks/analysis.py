@@ -120,8 +120,8 @@ def build_store(path: Path, images: int, units: int, seed: int, rebuild: bool) -
 
     Chunks are generated in a helper thread while the previous one is written (both release the GIL).
     """
-    from neuroprobe.models.capture import LayerInfo
     from neuroprobe.data import Manifest
+    from neuroprobe.models.capture import LayerInfo
     from neuroprobe.store.layout import DEFAULT_CHUNK, Store
 
     spec = store_spec(images, units, seed)

@@ -357,8 +357,8 @@ def dff_agreement(theirs, model, x, args) -> str:
     import torch
     from scipy.optimize import linear_sum_assignment
 
-    from neuroprobe.models.capture import Capture
     from neuroprobe.maps.dff import factorize
+    from neuroprobe.models.capture import Capture
 
     fact = factorize(model, x, LAYER, args.concepts)              # the same call dff() makes (seed 0)
     ours = _np(fact.concepts).astype(np.float64)                  # (channels, K)

@@ -195,6 +195,7 @@ def _amp_context(device, amp: str | None):
 def time_decode(manifest, preprocessing):
     """Decode + resize + crop every image once (neuroprobe's decoder); (uint8 tensor, timing)."""
     import torch
+
     from neuroprobe.data import ImageDataset
 
     dataset = ImageDataset(manifest, preprocessing)
@@ -339,7 +340,7 @@ def post_activation_check(loaded, manifest, layers: list[str], cfg: Config) -> d
     """neuroprobe's post-activation capture (what thingsvision hooks) of the first images, pooled: mean and max."""
     from neuroprobe.data import Manifest
     from neuroprobe.engine.extract import pool_images
-    from neuroprobe.engine.reduce import STATS
+    from neuroprobe.store.layout import STATS
 
     first = Manifest(manifest.table.iloc[:CHECK_IMAGES].reset_index(drop=True), manifest.root)
     pooled = pool_images(loaded, first, layers, post_activation=True, batch_size=CHECK_IMAGES, device=cfg.device)
@@ -350,6 +351,7 @@ def post_activation_check(loaded, manifest, layers: list[str], cfg: Config) -> d
 def _manifest(cfg: Config):
     """The first ``cfg.images`` rows of the CSV, its rows repeated cyclically when it has fewer."""
     import numpy as np
+
     from neuroprobe.data import Manifest, read_manifest
 
     manifest = read_manifest(cfg.data)
@@ -526,9 +528,9 @@ def time_thingsvision(extractor, paths: list[Path], layers: list[str], cfg: Conf
 
 def import_thingsvision(tf_stub: bool):
     """Import thingsvision (with the TensorFlow stand-in when asked); (module, stubbed module names)."""
+    import numpy as np
     import torch  # noqa: F401  (with the real TensorFlow, torch's stack must load first: it segfaults otherwise)
     import torchvision  # noqa: F401
-    import numpy as np
 
     if not hasattr(np, "AxisError"):  # thingsvision 2.7.3 pins numpy<2; numpy 2 moved AxisError
         np.AxisError = np.exceptions.AxisError
@@ -656,9 +658,9 @@ def spawn(python: str, role: str, cfg: Config, log_dir: Path, errors: list[str])
 
 
 def machine_info(device: str) -> dict:
+    import timm
     import torch
     import torchvision
-    import timm
 
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())

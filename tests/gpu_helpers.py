@@ -15,9 +15,8 @@ import numpy as np
 import pandas as pd
 import torch
 import zarr
-from PIL import Image
-
 from helpers_robustness import PYTHON, ROOT, SAMPLE_DIR, cli_env, make_bad_files, sample_table, store_arrays
+from PIL import Image
 
 DEVICE_ENV = "NEUROPROBE_GPU_TESTS_DEVICE"
 SKIP_REASON = (f"no CUDA GPU visible; set {DEVICE_ENV}=cpu to rehearse the GPU tests on the CPU "

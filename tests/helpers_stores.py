@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from neuroprobe.models.capture import LayerInfo
 from neuroprobe.data import Manifest
+from neuroprobe.models.capture import LayerInfo
 from neuroprobe.store.layout import Store
 
 STATS = ("min", "mean", "max", "area")

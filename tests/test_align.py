@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
+from resnet_cli_fixtures import run_main
 from scipy import stats
 
 from neuroprobe.attention.align_report import load_map
@@ -15,7 +16,6 @@ from neuroprobe.attention.alignment import CLICKME_CEILING
 from neuroprobe.attention.maps import preprocess_human_maps
 from neuroprobe.data import ImageDataset, read_manifest
 from neuroprobe.models.loading import load_model
-from resnet_cli_fixtures import run_main
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
 

@@ -10,8 +10,8 @@ import zarr
 from scipy import stats as sps
 
 from neuroprobe.analysis import analyze, category_membership, opponent, selectivity, top_images
-from neuroprobe.models.capture import LayerInfo
 from neuroprobe.data import Manifest
+from neuroprobe.models.capture import LayerInfo
 from neuroprobe.store.layout import Store
 
 scan_module = importlib.import_module("neuroprobe.analysis.scan")

@@ -13,9 +13,9 @@ from torch import nn
 from neuroprobe.attention import GALA, GALAAttentionLoss, HarmonizationLoss, add_gala, pyramid, standardize_cut
 from neuroprobe.attention.alignment import alignment_scores, alignment_summary, spearman_rows, split_half_ceiling
 from neuroprobe.attention.maps import preprocess_human_maps
-from neuroprobe.models.capture import probe
 from neuroprobe.data import ImageDataset, read_manifest
 from neuroprobe.errors import NeuroprobeError
+from neuroprobe.models.capture import probe
 from neuroprobe.models.loading import load_model
 
 SAMPLE_CSV = Path(__file__).resolve().parents[1] / "data" / "sample" / "labels.csv"

@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from references import bn, resnet_block
 from torchvision.models import resnet18, vgg11
 
-from references import bn, resnet_block
 from neuroprobe.maps.attribution import gradcam, gradient, guided_backprop, smoothgrad
 from neuroprobe.maps.dff import factorize, nmf
 from neuroprobe.maps.feedback import feedback, global_perception, trace_norm_penalty
@@ -168,12 +168,12 @@ def test_nmf_reconstructs_at_least_as_well_as_scikit_learn():
 
 
 def test_dff_reconstructs_activations_as_well_as_pytorch_grad_cam(resnet):
+    import pandas as pd
+    from conftest import SAMPLE_CSV
+    from PIL import Image
     from pytorch_grad_cam.feature_factorization.deep_feature_factorization import dff as their_dff
 
-    from conftest import SAMPLE_CSV
     from neuroprobe.models.capture import Capture
-    import pandas as pd
-    from PIL import Image
     paths = pd.read_csv(SAMPLE_CSV).path[:4]
     images = torch.stack([torch.from_numpy(np.asarray(Image.open(SAMPLE_CSV.parent / p).convert("RGB")
                                                       .resize((96, 96)))).permute(2, 0, 1).float() / 255

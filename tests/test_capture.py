@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import references as ref
 import torch
 from torchvision.models import get_model
 
-import references as ref
-from neuroprobe.models.capture import Capture, probe
 from neuroprobe.errors import NeuroprobeError
-
+from neuroprobe.models.capture import Capture, probe
 
 
 @pytest.fixture(autouse=True)

@@ -17,11 +17,19 @@ import pandas as pd
 import pytest
 import torch
 import zarr
+from helpers_robustness import (
+    PYTHON,
+    ROOT,
+    SAMPLE_CSV,
+    cli,
+    cli_env,
+    make_bad_files,
+    one_line_error,
+    sample_table,
+    store_arrays,
+)
 
 import neuroprobe
-
-from helpers_robustness import (PYTHON, ROOT, SAMPLE_CSV, cli, cli_env, make_bad_files, one_line_error, sample_table,
-                                store_arrays)
 
 SAMPLE = str(SAMPLE_CSV)
 EXTRACT = ["extract", "--layers", "bn2", "--device", "cpu", "--no-progress"]

@@ -8,8 +8,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from neuroprobe.attention.clickme import (crc32c, parse_example, read_clickme_npz, read_clickme_tfrecords,
-                                          tfrecords, write_tfrecords)
+from neuroprobe.attention.clickme import (
+    crc32c,
+    parse_example,
+    read_clickme_npz,
+    read_clickme_tfrecords,
+    tfrecords,
+    write_tfrecords,
+)
 from neuroprobe.errors import NeuroprobeError
 
 

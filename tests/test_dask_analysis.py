@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-
-from neuroprobe.analysis import analyze
 from conftest import SAMPLE_CSV
 from test_analysis import STATS, make_store, random_layer, scan_module
+
+from neuroprobe.analysis import analyze
 
 distributed = pytest.importorskip("distributed")
 dask = pytest.importorskip("dask")
@@ -76,9 +76,9 @@ def test_dask_redraws_when_a_readable_image_has_nan_values(tied_store, client, c
 
 def test_report_scheduler_address(client, tmp_path, monkeypatch, capsys):
     """``report --scheduler ADDRESS`` writes the same CSV files byte for byte (a store of the sample's images)."""
-    from neuroprobe.models.capture import LayerInfo
     from neuroprobe.cli import main
     from neuroprobe.data import Manifest
+    from neuroprobe.models.capture import LayerInfo
     from neuroprobe.models.loading import Preprocessing
     from neuroprobe.store.layout import Store
 

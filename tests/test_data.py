@@ -10,12 +10,11 @@ import pandas as pd
 import pytest
 import xarray as xr
 import zarr
+from helpers_robustness import SAMPLE_DIR, make_bad_files, png_bomb, sample_table, store_arrays
 from PIL import Image
 
 import neuroprobe
 from neuroprobe.data import load_image, read_manifest
-
-from helpers_robustness import SAMPLE_DIR, make_bad_files, png_bomb, sample_table, store_arrays
 
 LAYERS = ["blocks.3", "bn2"]
 STATS = ["min", "mean", "max", "area"]

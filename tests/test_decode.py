@@ -16,14 +16,19 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers_robustness import SAMPLE_CSV, make_bad_files, png_bomb
 from PIL import Image
 
 from neuroprobe.data import ImageDataset, Manifest, read_manifest
-from neuroprobe.engine.decode import (DeviceDecodeDataset, DeviceDecoder, EncodedBatch, collate_device_batch,
-                               decode_difference, read_jpeg_header)
+from neuroprobe.engine.decode import (
+    DeviceDecodeDataset,
+    DeviceDecoder,
+    EncodedBatch,
+    collate_device_batch,
+    decode_difference,
+    read_jpeg_header,
+)
 from neuroprobe.models.loading import Preprocessing
-
-from helpers_robustness import SAMPLE_CSV, make_bad_files, png_bomb
 
 MAX_LEVELS = 2        # largest |device - PIL| in uint8 levels, any pixel
 MEAN_LEVELS = 0.06    # mean |device - PIL| over all pixels

@@ -11,10 +11,9 @@ import subprocess
 import pandas as pd
 import pytest
 import torch
+from helpers_robustness import BIN, ROOT, assert_stores_equal, cli_env, sample_with_bad
 
 import neuroprobe
-
-from helpers_robustness import BIN, ROOT, assert_stores_equal, cli_env, sample_with_bad
 
 LAYERS = ["blocks.3", "bn2"]
 TORCHRUN = BIN / "torchrun"

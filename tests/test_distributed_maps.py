@@ -16,13 +16,12 @@ import pandas as pd
 import pytest
 import torch
 import zarr
+from helpers_robustness import BIN, ROOT, assert_stores_equal, cli_env, sample_with_bad
 
 from neuroprobe import load_model
 from neuroprobe.maps.occlusion_store import occlude
 from neuroprobe.maps.saliency_store import saliency
 from neuroprobe.retina.likelihood import likelihood_maps
-
-from helpers_robustness import BIN, ROOT, assert_stores_equal, cli_env, sample_with_bad
 
 TORCHRUN = BIN / "torchrun"
 pytestmark = pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed beside this Python")

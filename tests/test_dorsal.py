@@ -13,8 +13,17 @@ from neuroprobe.data import Manifest, read_manifest
 from neuroprobe.errors import NeuroprobeError
 from neuroprobe.models.loading import load_model
 from neuroprobe.retina.active import saccades
-from neuroprobe.retina.dorsal import (ActiveVision, DorsalTraining, Glimpse, GlimpseEncoder, cross_validated_maps,
-                                      fit_dorsal, fold_of, load_dorsal, save_dorsal)
+from neuroprobe.retina.dorsal import (
+    ActiveVision,
+    DorsalTraining,
+    Glimpse,
+    GlimpseEncoder,
+    cross_validated_maps,
+    fit_dorsal,
+    fold_of,
+    load_dorsal,
+    save_dorsal,
+)
 from neuroprobe.retina.likelihood import LikelihoodStore, ViewClassifier, ViewSettings, likelihood_maps
 from neuroprobe.retina.report import saccade_report
 

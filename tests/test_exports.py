@@ -11,14 +11,13 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
-
-from neuroprobe.errors import NeuroprobeError
-from neuroprobe.analysis import rdm
-from neuroprobe.cli import main
-from neuroprobe.exports import export
-
 from helpers_robustness import PYTHON, ROOT, cli_env
 from helpers_stores import STATS, synthetic
+
+from neuroprobe.analysis import rdm
+from neuroprobe.cli import main
+from neuroprobe.errors import NeuroprobeError
+from neuroprobe.exports import export
 
 
 @pytest.fixture(scope="module")

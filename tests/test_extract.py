@@ -4,15 +4,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import references as ref
 import torch
 import xarray as xr
 import zarr
-
-import references as ref
 from conftest import reference_batch
+
 from neuroprobe import extract, load_model, open_layer, read_images, summary
 from neuroprobe.models.loading import sha256_of
-
 
 
 @pytest.fixture(autouse=True)

@@ -4,11 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from helpers_robustness import sample_with_bad
 
 from neuroprobe import extract, open_layer, read_images
 from neuroprobe.errors import NeuroprobeError
-
-from helpers_robustness import sample_with_bad
 
 LAYERS = ["layer1", "layer3"]
 

@@ -17,13 +17,13 @@ import math
 
 import numpy as np
 import pytest
+import references as ref
 import torch
 import torchvision
 
-import references as ref
-from neuroprobe.models.capture import Capture, all_layers, probe
-from neuroprobe.maps.receptive_field import theoretical_receptive_fields
 from neuroprobe.engine.reduce import pool_units
+from neuroprobe.maps.receptive_field import theoretical_receptive_fields
+from neuroprobe.models.capture import Capture, all_layers, probe
 
 TORCHVISION = torchvision.models.list_models(module=torchvision.models)
 TIMM = ["resnet18", "efficientnet_b0", "convnext_tiny", "regnetx_002", "mobilenetv3_small_050", "ghostnet_100",

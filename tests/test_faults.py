@@ -21,7 +21,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import zarr
-
 from helpers_robustness import BIN, PYTHON, ROOT, assert_stores_equal, cli, cli_env, one_line_error, tree_digest
 from test_resume import CHUNK, N_CHUNKS, N_IMAGES, assert_done_chunks_match, extract_args, journal_count
 
@@ -33,8 +32,8 @@ STOP_LINE = re.compile(r"^neuroprobe: stopped by (SIGTERM|SIGINT): (\d+) of 42 i
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    from test_resume import BAD_AT
     from helpers_robustness import sample_with_bad
+    from test_resume import BAD_AT
 
     csv, bad_rows = sample_with_bad(tmp_path_factory.mktemp("faults-data"), BAD_AT)
     return csv, bad_rows

@@ -7,13 +7,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from resnet_cli_fixtures import run_main
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 import neuroprobe as npb
-from neuroprobe.engine.provenance import model_of
 from neuroprobe.data import ImageDataset, read_manifest
+from neuroprobe.engine.provenance import model_of
 from neuroprobe.finetune import find_head, finetune
-from resnet_cli_fixtures import run_main
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample" / "labels.csv"
 

@@ -33,11 +33,24 @@ import warnings
 import numpy as np
 import pytest
 import torch
-
-from gpu_helpers import (SKIP_REASON, assert_close_to_scale, assert_extraction_close,
-                         assert_images_equal, device_under_test, errors, exact_fp32, extraction_data, host_syncs,
-                         journal, layer_positions, map_data, normalized, representable_share, sample_pixels,
-                         start_throttled)
+from gpu_helpers import (
+    SKIP_REASON,
+    assert_close_to_scale,
+    assert_extraction_close,
+    assert_images_equal,
+    device_under_test,
+    errors,
+    exact_fp32,
+    extraction_data,
+    host_syncs,
+    journal,
+    layer_positions,
+    map_data,
+    normalized,
+    representable_share,
+    sample_pixels,
+    start_throttled,
+)
 from helpers_robustness import cli, store_arrays, store_attrs
 
 pytestmark = pytest.mark.gpu
@@ -271,10 +284,11 @@ def test_no_host_synchronisation_per_batch(device, random_weights, tmp_path, mon
     Rehearsal on the CPU: the profiler runs with CPU activity only and sync-debug mode needs CUDA, so the
     counts are trivially 0; the test checks that the profiler saw the convolutions, and that the
     buffers are NOT pinned (pinned memory is only used on CUDA)."""
+    from helpers_robustness import sample_table
+
     from neuroprobe import extract, load_model
     from neuroprobe.engine import writer
     from neuroprobe.models.loading import LoadedModel, Preprocessing
-    from helpers_robustness import sample_table
 
     cuda = device == "cuda"
     profiled = not cuda          # on a GPU: whether torch.profiler records CUDA runtime calls (CUPTI)

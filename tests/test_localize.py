@@ -13,11 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import SAMPLE_CSV, SHARED_SAMPLE
 from scipy import stats
 
 from neuroprobe.cli import main
-
-from conftest import SAMPLE_CSV, SHARED_SAMPLE
 
 GRID, N_MOSAICS, SEED = 2, 6, 20261121
 

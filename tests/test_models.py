@@ -4,9 +4,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
+from conftest import SAMPLE_CSV
 from PIL import Image
 
-from conftest import SAMPLE_CSV
 from neuroprobe import NeuroprobeError, load_model
 
 

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from test_occlusion import assert_close_relative, plain_loop
 from torchvision.models.convnext import CNBlockConfig, ConvNeXt
 from torchvision.models.vision_transformer import VisionTransformer
 
@@ -14,7 +15,6 @@ from neuroprobe.maps import discrepancy_maps
 from neuroprobe.maps.attribution import gradcam, gradient
 from neuroprobe.maps.empirical_rf import empirical_receptive_fields
 from neuroprobe.models.loading import LoadedModel, Preprocessing
-from test_occlusion import assert_close_relative, plain_loop
 
 SIZE, PATCH = 32, 8
 VIT_LAYERS = {"tokens before attention": "encoder.layers.encoder_layer_0.ln_1",

@@ -4,15 +4,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import SAMPLE_CSV
 from PIL import Image
+from references import effnet_blocks, resnet_block
 
 from neuroprobe import load_model
 from neuroprobe.errors import NeuroprobeError
 from neuroprobe.maps import discrepancy_maps
 from neuroprobe.maps.occlusion import occluder_positions
-
-from conftest import SAMPLE_CSV
-from references import effnet_blocks, resnet_block
 
 
 @pytest.fixture(autouse=True)

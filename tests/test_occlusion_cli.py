@@ -18,10 +18,9 @@ import pandas as pd
 import pytest
 import torch
 import zarr
-from PIL import Image
-
-from resnet_cli_fixtures import BAD_ROW, data3, loaded, run_main, weights  # noqa: F401 (fixtures)
 from helpers_robustness import cli, one_line_error, tree_digest
+from PIL import Image
+from resnet_cli_fixtures import BAD_ROW, data3, loaded, run_main, weights  # noqa: F401 (fixtures)
 
 LAYER, UNITS, WINDOW, STRIDE = "layer1", [0, 1, 2], 32, 32
 POSITIONS = list(range(0, 224 - WINDOW + 1, STRIDE))          # [0, 32, ..., 192]: 7 per axis

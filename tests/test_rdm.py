@@ -7,11 +7,10 @@ import numpy as np
 import pytest
 import rsatoolbox
 import zarr
+from helpers_stores import synthetic
 
 from neuroprobe.analysis import rdm
 from neuroprobe.errors import NeuroprobeError
-
-from helpers_stores import synthetic
 
 scan_module = importlib.import_module("neuroprobe.analysis.scan")
 

@@ -13,7 +13,6 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-
 from helpers_robustness import assert_stores_equal, cli, one_line_error, sample_with_bad, store_arrays
 from test_resume import BAD_AT, CHUNK, assert_done_chunks_match, extract_args, kill_when, start
 

@@ -20,9 +20,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import zarr
-
-from helpers_robustness import (PYTHON, ROOT, assert_stores_equal, cli, cli_env, one_line_error, sample_with_bad,
-                                store_arrays, tree_digest)
+from helpers_robustness import (
+    PYTHON,
+    ROOT,
+    assert_stores_equal,
+    cli,
+    cli_env,
+    one_line_error,
+    sample_with_bad,
+    store_arrays,
+    tree_digest,
+)
 
 LAYERS = ["blocks.3", "bn2"]
 VARIANTS = {"stats": [], "spatial": ["--spatial", "blocks.3"]}

@@ -6,7 +6,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import zarr
-
 from resnet_cli_fixtures import run_main
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"

@@ -9,7 +9,6 @@ import pandas as pd
 import pytest
 import torch
 import zarr
-
 from resnet_cli_fixtures import BAD_ROW, data3, loaded, run_main, weights  # noqa: F401 (fixtures)
 
 

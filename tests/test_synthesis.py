@@ -123,7 +123,6 @@ def test_visualize_errors_are_one_line(resnet):
 
 def test_visualize_cli_writes_images_whose_activation_is_the_table(resnet, random_weights, tmp_path):
     from PIL import Image
-
     from resnet_cli_fixtures import run_main
 
     store = npb.extract(resnet, SAMPLE, ["layer1.0"], tmp_path / "natural.zarr", batch_size=20)

@@ -8,16 +8,16 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from resnet_cli_fixtures import run_main
 
 import neuroprobe as npb
 from neuroprobe.attention.align_report import load_map
-from neuroprobe.models.gala import add_gala
 from neuroprobe.attention.losses import GALAAttentionLoss
 from neuroprobe.attention.maps import preprocess_human_maps
 from neuroprobe.attention.proxy import object_mosaics, save_mosaics
 from neuroprobe.data import ImageDataset, read_manifest
+from neuroprobe.models.gala import add_gala
 from neuroprobe.models.loading import load_model
-from resnet_cli_fixtures import run_main
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample" / "labels.csv"
 LAYERS = ["blocks.4.0", "blocks.5.0"]

@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
-import matplotlib.ticker
-
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
@@ -82,9 +81,9 @@ def unit_images(store: str | Path, topk: pd.DataFrame, layer: str, unit: int, k:
     values, cropped as the model saw them. ``manufactured``: {"top"|"bottom": (uint8 (3, H, W) image,
     value, label)} puts a synthesized image in an extra first column of that row."""
     from ..data import load_image
-    from ..store.location import open_group
     from ..models.loading import Preprocessing
     from ..store.layout import read_images
+    from ..store.location import open_group
 
     attrs = dict(open_group(store).attrs)
     prep = attrs["preprocessing"]

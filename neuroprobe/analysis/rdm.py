@@ -24,10 +24,10 @@ import pandas as pd
 import scipy.sparse
 import zarr
 
-from ..progress import Progress
-from ..store.location import open_group
 from ..errors import NeuroprobeError
+from ..progress import Progress
 from ..store.layout import read_images
+from ..store.location import open_group
 from .categories import _is_missing
 from .scan import layer_names, read_blocks
 

@@ -7,10 +7,10 @@ from typing import Sequence
 
 import pandas as pd
 
+from ..errors import NeuroprobeError
+from ..store.completeness import mark_figure, mark_table, require_complete
 from . import analyze
 from .opponent import correlation
-from ..store.completeness import mark_figure, mark_table, require_complete
-from ..errors import NeuroprobeError
 
 log = logging.getLogger(__name__)
 

@@ -6,13 +6,12 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+
 from ..data import Manifest
-from ..errors import NeuroprobeError
-from ..store.location import open_group
 from ..engine.provenance import model_of
 from ..models.loading import LoadedModel
-from ..store.layout import STATS
-from ..store.layout import read_images
+from ..store.layout import STATS, read_images
+from ..store.location import open_group
 
 
 def verify(store: str | Path, topk: pd.DataFrame, *, model: LoadedModel | None = None, rtol: float = 1e-3,

@@ -5,10 +5,10 @@ May import: ``neuroprobe.maps``, ``neuroprobe.exports``, ``neuroprobe.analysis``
 ``neuroprobe.training``, ``neuroprobe.progress`` and ``neuroprobe.errors``); never each other, the atlas or
 the CLI.
 """
+from ..models.gala import GALA, add_gala
 from .align_report import align
 from .alignment import CLICKME_CEILING, alignment_scores, alignment_summary, spearman_rows, split_half_ceiling
 from .clickme import read_clickme_npz, read_clickme_tfrecords
-from ..models.gala import GALA, add_gala
 from .losses import GALAAttentionLoss, HarmonizationLoss, pyramid, standardize_cut
 from .train import train_attention
 

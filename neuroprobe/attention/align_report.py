@@ -16,12 +16,12 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from ..progress import Progress
 from ..data import ImageDataset, Manifest, read_manifest
 from ..engine.device import resolve_device
 from ..errors import NeuroprobeError
 from ..maps.methods import attribute, check_methods
 from ..models.loading import LoadedModel, Preprocessing, load_model
+from ..progress import Progress
 from .alignment import CLICKME_CEILING, alignment_scores, alignment_summary
 from .maps import preprocess_human_maps
 

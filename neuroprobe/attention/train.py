@@ -20,12 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..progress import track
 from ..data import ImageDataset, Manifest
 from ..engine.device import resolve_device
 from ..errors import NeuroprobeError
-from ..models.loading import LoadedModel
 from ..models.gala import add_gala
+from ..models.loading import LoadedModel
+from ..progress import track
 from .losses import GALAAttentionLoss, HarmonizationLoss
 from .maps import preprocess_human_maps
 
@@ -180,8 +180,8 @@ def train_attention_run(model: str | LoadedModel, data: str | Path | Manifest, m
                         label_column: str = "class_index", **options) -> LoadedModel:
     """``train-attention``: read images and maps (as ``align`` does), fine-tune, and write checkpoint.pt
     (``--weights`` for every command), metrics.csv (per step) and training.png in ``out``."""
-    from ..models.checkpoint import save_checkpoint
     from ..data import read_manifest
+    from ..models.checkpoint import save_checkpoint
     from ..models.loading import load_model
     from .align_report import map_paths
 

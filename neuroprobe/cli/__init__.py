@@ -16,8 +16,7 @@ import os
 import sys
 
 from ..errors import NeuroprobeError
-from . import (analyses, atlas, attention, attribution, exports, extraction, finetune, maps, retina,
-               synthesis)
+from . import analyses, atlas, attention, attribution, exports, extraction, finetune, maps, retina, synthesis
 from .common import add_progress, progress_mode
 
 CAPABILITIES = (extraction, analyses, exports, maps, attribution, retina, attention, synthesis, finetune, atlas)
@@ -66,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in QUIET_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from ..engine.malloc import keep_freed_memory
-    from ..progress import progress_mode as showing
     from ..engine.stopping import Stopped
+    from ..progress import progress_mode as showing
 
     keep_freed_memory()
     try:

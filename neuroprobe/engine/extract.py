@@ -13,7 +13,6 @@ import contextlib
 import json
 import logging
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -21,22 +20,22 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from ..version import __version__
-from ..models.capture import Capture, LayerInfo, probe
 from ..data import MAX_PIXELS, ImageDataset, Manifest, read_manifest
-from .device import AMP_DTYPES, MEMORY_FORMATS, autocast, choose_memory_format, default_workers, resolve_device
-from .distributed import Distributed
 from ..errors import NeuroprobeError
-from .loader import DECODERS, image_batches
+from ..models.capture import Capture, LayerInfo, probe
+from ..models.loading import LoadedModel, load_model
+from ..progress import Progress
+from ..store.kinds import check_replaceable
+from ..store.layout import STATS, Store, default_chunk_size
 from ..store.location import Location
 from ..store.lock import writer_lock
+from ..version import __version__
+from .device import AMP_DTYPES, MEMORY_FORMATS, autocast, choose_memory_format, default_workers, resolve_device
+from .distributed import Distributed
+from .loader import DECODERS, image_batches
 from .malloc import keep_freed_memory_on_cpu
-from ..progress import Progress
-from ..models.loading import LoadedModel, load_model
-from .reduce import STATS, pool_units
-from .stopping import StopRequest, Stopped, stop_on_signals
-from ..store.kinds import check_replaceable
-from ..store.layout import Store, default_chunk_size
+from .reduce import pool_units
+from .stopping import Stopped, StopRequest, stop_on_signals
 from .writer import ChunkBuffer, ChunkWriter
 
 log = logging.getLogger(__name__)

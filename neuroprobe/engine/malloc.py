@@ -9,8 +9,8 @@ an int), so a CPU run whose freed buffers exceed that still returns the excess t
 from __future__ import annotations
 
 import ctypes
-import functools
 import ctypes.util
+import functools
 import logging
 import os
 import sys

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import torch
 
-from ..store.layout import STATS
-
 
 def pool_units(value: torch.Tensor) -> torch.Tensor:
     """(B, units, *spatial) -> float32 (B, 4, units): min, mean, max over space and active area.

@@ -10,8 +10,7 @@ import numpy as np
 import torch
 
 from ..models.capture import LayerInfo
-from .reduce import STATS
-from ..store.layout import Store
+from ..store.layout import STATS, Store
 
 POOL_SIZE = 3  # buffers in flight: one being filled, one being written, one spare
 

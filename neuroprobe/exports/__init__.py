@@ -13,8 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from ..store.completeness import require_complete
 from ..errors import NeuroprobeError
+from ..store.completeness import require_complete
 from ..store.layout import export_hdf5
 from .brainscore import export_brainscore
 from .netcdf import export_netcdf

@@ -25,8 +25,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from ..store.location import open_group
 from ..store.layout import SPATIAL
+from ..store.location import open_group
 from .common import atomic_target, check_stat, lockstep, presentation_table, sources
 from .netcdf import data_chunks, put_attrs, put_table
 

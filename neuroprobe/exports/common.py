@@ -13,12 +13,11 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
+from ..errors import NeuroprobeError
 from ..progress import Progress
 from ..store.blocks import layer_names, read_blocks
+from ..store.layout import SPATIAL, STATS, _check_store, _why, read_images
 from ..store.location import open_group
-from ..errors import NeuroprobeError
-from ..store.layout import STATS
-from ..store.layout import SPATIAL, _check_store, _why, read_images
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from ..store.location import open_group
-from ..store.layout import STATS
 from ..store.blocks import layer_names
+from ..store.layout import STATS
+from ..store.location import open_group
 from .common import atomic_target, attr_value, check_stat, lockstep, presentation_table
 
 log = logging.getLogger(__name__)

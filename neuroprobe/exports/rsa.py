@@ -13,9 +13,9 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from ..errors import NeuroprobeError
 from ..store.location import open_group
 from ..version import __version__
-from ..errors import NeuroprobeError
 from .common import atomic_target, check_stat, lockstep, presentation_table, sources
 
 log = logging.getLogger(__name__)

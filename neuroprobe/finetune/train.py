@@ -23,10 +23,10 @@ from torch import nn
 from ..data import ImageDataset, Manifest, read_manifest
 from ..engine.device import resolve_device
 from ..errors import NeuroprobeError, closest
-from ..progress import track
-from ..models.loading import LoadedModel, load_model
-from ..training import train
 from ..models.heads import find_head, replace_head
+from ..models.loading import LoadedModel, load_model
+from ..progress import track
+from ..training import train
 
 log = logging.getLogger(__name__)
 BALANCE = (None, "loss", "sampling")

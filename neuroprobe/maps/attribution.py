@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.capture import Capture, StopForward, unit_layouts
 from ..errors import NeuroprobeError
+from ..models.capture import Capture, StopForward, unit_layouts
 from .activations import ActivationRewrite, guided, plain
 
 log = logging.getLogger(__name__)

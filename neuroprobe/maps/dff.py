@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.capture import Capture, unit_layouts
 from ..errors import NeuroprobeError
+from ..models.capture import Capture, unit_layouts
 from .attribution import Attribution, as_targets
 
 

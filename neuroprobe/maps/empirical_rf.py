@@ -19,11 +19,11 @@ import pandas as pd
 import torch
 from scipy import ndimage
 
-from ..models.capture import Capture, probe
-from ..errors import NeuroprobeError
 from ..engine.device import resolve_device
-from ..progress import track
+from ..errors import NeuroprobeError
+from ..models.capture import Capture, probe
 from ..models.loading import LoadedModel
+from ..progress import track
 from .occlusion import discrepancy_maps
 
 
@@ -148,12 +148,11 @@ def receptive_fields_from_store(store: str | Path, layer: str, *, k: int = 10, u
 
     An incomplete store is refused unless ``allow_incomplete`` (its tables then carry a ``completeness`` column)."""
     from ..analysis import top_images
-    from ..engine.provenance import model_of
     from ..data import ImageDataset, Manifest
-    from ..store.location import open_group
-    from ..store.layout import read_images
-
+    from ..engine.provenance import model_of
     from ..store.completeness import mark_table, require_complete
+    from ..store.layout import read_images
+    from ..store.location import open_group
 
     state = require_complete(store, allow_incomplete)
     model = model or model_of(store)

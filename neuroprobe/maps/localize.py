@@ -18,10 +18,10 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from ..progress import Progress
-from ..errors import NeuroprobeError
 from ..engine.device import resolve_device
+from ..errors import NeuroprobeError
 from ..models.loading import LoadedModel
+from ..progress import Progress
 from .methods import METHODS, attribute, check_methods
 from .pointing import cell_masks, compose_mosaic, grid_pointing_score, make_mosaics, pointing_game, summarize_scores
 

@@ -13,11 +13,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..progress import track
 from ..data import ImageDataset, Manifest, read_manifest
-from ..errors import NeuroprobeError
 from ..engine.device import resolve_device
+from ..errors import NeuroprobeError
 from ..models.loading import LoadedModel, load_model
+from ..progress import track
 from .figures import grid_pointing_figure
 from .localize import GridPointingGame, score_mosaics
 from .methods import check_methods

@@ -12,8 +12,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..errors import NeuroprobeError
 from ..engine.malloc import keep_freed_memory_on_cpu
+from ..errors import NeuroprobeError
 from .attribution import PASS_BUDGET, Attribution, as_targets, gradcam, gradient, guided_backprop, smoothgrad
 from .dff import dff
 from .feedback import feedback, global_perception

@@ -26,12 +26,12 @@ import torch
 from torch import nn
 from torchvision.transforms.functional import gaussian_blur
 
-from ..models.capture import Capture, probe
-from ..errors import NeuroprobeError
 from ..engine.device import autocast, resolve_device
-from ..progress import Progress
 from ..engine.malloc import keep_freed_memory_on_cpu
+from ..errors import NeuroprobeError
+from ..models.capture import Capture, probe
 from ..models.loading import LoadedModel
+from ..progress import Progress
 from .incremental import Replayer
 from .receptive_field import theoretical_receptive_fields
 

@@ -11,17 +11,16 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 
-from ..models.capture import probe
 from ..data import ImageDataset, Manifest, read_manifest
-from ..errors import NeuroprobeError
 from ..engine.device import resolve_device
 from ..engine.distributed import Distributed
 from ..engine.map_jobs import start_map_job
-from ..progress import Progress
+from ..errors import NeuroprobeError
+from ..models.capture import probe
 from ..models.loading import LoadedModel, load_model
+from ..progress import Progress
 from ..store.map_store import ArraySpec, mark_done
 from .occlusion import discrepancy_maps, occluder_positions
 

@@ -14,14 +14,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..models.capture import Capture
 from ..data import ImageDataset, Manifest, read_manifest
-from ..errors import NeuroprobeError
 from ..engine.device import resolve_device
 from ..engine.distributed import Distributed
 from ..engine.map_jobs import MapJob, start_map_job
-from ..progress import Progress
+from ..errors import NeuroprobeError
+from ..models.capture import Capture
 from ..models.loading import LoadedModel, load_model
+from ..progress import Progress
 from ..store.map_store import ArraySpec, mark_done
 from .methods import LAYER_METHODS, attribute, check_methods, last_spatial_layer
 

@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.capture import Capture
 from ..errors import NeuroprobeError
 from ..maps.methods import last_spatial_layer
+from ..models.capture import Capture
 from ..models.loading import LoadedModel
 from ..training import train
 from .views import retinotopic_views

@@ -26,14 +26,14 @@ import zarr
 
 from ..data import MAX_PIXELS, Manifest, read_manifest
 from ..engine.device import AMP_DTYPES, MEMORY_FORMATS, autocast, choose_memory_format, default_workers, resolve_device
-from ..errors import NeuroprobeError
 from ..engine.distributed import Distributed
 from ..engine.loader import image_batches
-from ..engine.map_jobs import start_map_job
-from ..progress import Progress
 from ..engine.malloc import keep_freed_memory_on_cpu
-from ..store.map_store import ArraySpec, as_json, mark_done
+from ..engine.map_jobs import start_map_job
+from ..errors import NeuroprobeError
 from ..models.loading import LoadedModel, Preprocessing, load_model
+from ..progress import Progress
+from ..store.map_store import ArraySpec, as_json, mark_done
 from .layouts import Fixations, make_layout
 from .views import KINDS, PADDINGS, RS_MAX, RS_MIN, retinotopic_views
 

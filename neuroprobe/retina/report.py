@@ -11,18 +11,18 @@ import pandas as pd
 import torch
 from scipy.special import expit
 
-from ..engine.provenance import model_of
 from ..data import ImageDataset, Manifest, load_image, read_manifest
 from ..engine.device import resolve_device
 from ..engine.distributed import Distributed
-from ..errors import NeuroprobeError
-from ..progress import track
-from ..store.kinds import described, store_kind
 from ..engine.loader import image_batches
+from ..engine.provenance import model_of
+from ..errors import NeuroprobeError
 from ..maps.methods import attribute
 from ..models.loading import LoadedModel, load_model
+from ..progress import track
+from ..store.kinds import described, store_kind
 from .active import saccades
-from .dorsal import (DorsalTraining, Glimpse, GlimpseEncoder, cross_validated_maps, save_dorsal, training_meta)
+from .dorsal import DorsalTraining, Glimpse, GlimpseEncoder, cross_validated_maps, save_dorsal, training_meta
 from .figures import accuracy_figure, dorsal_figure, likelihood_figure, views_on_image
 from .likelihood import LikelihoodStore, ViewSettings, likelihood_maps
 from .search import accuracy_table, visual_search
@@ -156,7 +156,7 @@ def saccade_report(likelihood: str | Path, data: str | Path | Manifest, out: str
     centre -> oracle gap closed) and figures.
     """
     out = Path(out)
-    from ..store.completeness import mark_figure, mark_table, require_complete
+    from ..store.completeness import mark_table, require_complete
 
     store = LikelihoodStore.open(likelihood)  # one line for a path that is not a likelihood store
     state = require_complete(likelihood, allow_incomplete)

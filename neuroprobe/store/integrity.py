@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import math
 import logging
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -20,8 +20,8 @@ from typing import Any, Callable, Iterator
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
-from ..progress import Progress
 from ..errors import NeuroprobeError
+from ..progress import Progress
 from .location import Location
 
 log = logging.getLogger(__name__)

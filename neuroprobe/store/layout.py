@@ -29,10 +29,10 @@ import numpy as np
 import pandas as pd
 import zarr
 
-from ..progress import Progress
-from ..models.capture import LayerInfo
 from ..data import Manifest
 from ..errors import NeuroprobeError
+from ..models.capture import LayerInfo
+from ..progress import Progress
 from .integrity import CHUNK_CODECS
 from .location import Location
 

@@ -26,8 +26,8 @@ def spectrum_manifest(spectrum_images: str | Path | None, store: str | Path | No
     if spectrum_images is not None:
         return read_manifest(spectrum_images)
     if store is not None:
-        from ..store.location import open_group
         from ..store.layout import read_images
+        from ..store.location import open_group
 
         table = read_images(store)
         return Manifest(table[["path"]].reset_index(drop=True), Path(open_group(store).attrs["data_root"]))

@@ -23,12 +23,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..progress import Progress
-from ..models.capture import Capture, StopForward, unit_layouts
 from ..engine.device import resolve_device
 from ..errors import NeuroprobeError
 from ..maps.activations import ActivationRewrite, plain, redirected
+from ..models.capture import Capture, StopForward, unit_layouts
 from ..models.loading import LoadedModel, load_model
+from ..progress import Progress
 from .params import DEFAULT_LR, PARAMS, ImageBatch
 from .transforms import Transforms
 
