@@ -41,7 +41,14 @@ def _resolve(mode: str | None) -> str:
     mode = mode or _MODE.get()
     if mode != "auto":
         return mode
-    return "bar" if sys.stderr.isatty() or "ipykernel" in sys.modules else "log"
+    return "bar" if sys.stderr.isatty() or _in_jupyter() else "log"
+
+
+def _in_jupyter() -> bool:
+    """Whether this code runs in a Jupyter kernel (not merely in a process that imported ipykernel)."""
+    ipython = sys.modules.get("IPython")
+    shell = getattr(ipython, "get_ipython", lambda: None)() if ipython else None
+    return type(shell).__name__ == "ZMQInteractiveShell"
 
 
 def _interval() -> float:

@@ -57,7 +57,8 @@ def test_dry_run_passes_every_step_and_writes_every_section(tmp_path):
     assert text.count("denominator = the faster bare forward pass") == 2      # fp32 and bf16
     assert "amp bf16" in text
     assert "| thingsvision |" in text or "thingsvision skipped:" in text       # measured, or a clear skip line
-    assert "| neuroprobe | layer3 |" in text and "captum Occlusion" in text      # occlusion
+    assert "| neuroprobe (incremental) | layer3 |" in text and "| neuroprobe (dense) | layer3 |" in text \
+        and "captum Occlusion" in text                                            # occlusion
     assert "| gradcam | pytorch-grad-cam |" in text and "| dff | pytorch-grad-cam |" in text   # attribution
     assert "| neuroprobe likelihood_maps |" in text and "authors-style loop" in text   # retina
     assert "scipy loop" in text and "CE + harmonization" in text                       # alignment

@@ -226,3 +226,14 @@ def test_a_terminal_gets_a_bar_with_log_lines_above_it():
     assert text.count("INFO a log line while the bar is drawn") == 6
     final = text.rstrip().splitlines()[-1]
     assert final.startswith("INFO occlude: 6 img in"), final   # inner meters say their totals only at DEBUG
+
+
+def test_auto_is_log_when_piped_even_if_ipykernel_was_imported(every_update, caplog):
+    """A test run or script that merely imported ipykernel (nbclient does) is not a Jupyter kernel."""
+    import ipykernel  # noqa: F401
+
+    caplog.set_level(logging.INFO)
+    with Progress(2, "piped") as meter:
+        assert meter.mode == "log"
+        meter.update(2)
+    assert len(_lines(caplog, "piped")) == 1
