@@ -21,12 +21,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import visualize as bench  # benchmarks/visualize.py (benchmarks/ is on sys.path when run as a script)
 
 import neuroprobe as npb
 from neuroprobe.engine.malloc import keep_freed_memory
 from neuroprobe.synthesis import visualize
-
-from visualize import PEERS_PYTHON, score  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -51,15 +50,15 @@ def main() -> None:
     model = npb.load_model("efficientnet_lite0")
     load = os.getloadavg()
 
-    if not PEERS_PYTHON.exists():
-        raise SystemExit(f"{PEERS_PYTHON} missing; see benchmarks/visualize_peers.py for the environment")
-    command = [str(PEERS_PYTHON), str(HERE / "visualize_peers.py"), "--library", "lucent", "--layer", args.layer,
+    if not bench.PEERS_PYTHON.exists():
+        raise SystemExit(f"{bench.PEERS_PYTHON} missing; see benchmarks/visualize_peers.py for the environment")
+    command = [str(bench.PEERS_PYTHON), str(HERE / "visualize_peers.py"), "--library", "lucent", "--layer", args.layer,
                "--units", *map(str, units), "--steps", str(args.lucent_steps), "--size", str(args.size),
                "--threads", str(args.threads), "--out", str(out), "--tag", "quality"]
     subprocess.run(command, check=True, cwd=ROOT)
     saved = np.load(out / "quality_lucent.npz")
     lucent_images = (torch.from_numpy(saved["images"]).clamp(0, 1) * 255).round().to(torch.uint8)
-    target, _ = score(model, args.layer, lucent_images, units)
+    target, _ = bench.score(model, args.layer, lucent_images, units)
     lucent_seconds = np.asarray(saved["seconds"], dtype=float)
     print("lucent", args.lucent_steps, "steps:", np.round(target, 3), f"{lucent_seconds.mean():.2f} s per unit",
           flush=True)
@@ -70,7 +69,7 @@ def main() -> None:
         vis = visualize(model, args.layer, units, param="fft", steps=steps, size=args.size, batch_size=len(units),
                         device="cpu")
         seconds = (time.perf_counter() - start) / len(units)
-        pre, _ = score(model, args.layer, vis.images, units)
+        pre, _ = bench.score(model, args.layer, vis.images, units)
         ladder.append((steps, pre, seconds))
         reached = pre >= target
         print(f"neuroprobe fft {steps} steps: {seconds:.2f} s per unit, reached {reached.sum()}/{len(units)}",
@@ -101,8 +100,8 @@ def main() -> None:
         "torch": torch.__version__, "settings": vars(args),
     }
     (out / "quality.json").write_text(json.dumps({"rows": rows, "summary": summary}, indent=1))
-    lines = ["| unit | lucent 512-step activation | lucent s | neuroprobe steps to reach | neuroprobe activation "
-             "| neuroprobe s per unit | lucent / neuroprobe |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [("| unit | lucent 512-step activation | lucent s | neuroprobe steps to reach | neuroprobe activation "
+             "| neuroprobe s per unit | lucent / neuroprobe |"), "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         if r["neuroprobe_steps"] is None:
             lines.append(f"| {r['unit']} | {r['lucent_activation']:.3f} | {r['lucent_seconds']:.1f} | not reached by "
