@@ -69,7 +69,7 @@ def assert_maps_equal(actual: Path, expected: Path) -> None:
 OCCLUDE = ["--layer", "blocks.1", "--units", "0-2", "--window", "56", "--stride", "56"]
 
 
-def test_two_processes_finish_what_one_left_half_done(data, tmp_path):
+def test_two_processes_finish_what_one_left_half_done_and_back(data, tmp_path):
     one = Path(one_process(occlude, data, "blocks.1", tmp_path / "one.zarr", units=[0, 1, 2], window=56, stride=56))
     half = tmp_path / "half.zarr"
     shutil.copytree(one, half)
@@ -81,6 +81,14 @@ def test_two_processes_finish_what_one_left_half_done(data, tmp_path):
     assert "5 of 9 images to do" in result.stderr and "over 2 process(es)" in result.stderr
     assert result.stdout.count("store ") == 1                # rank 0 alone prints the summary
     assert_maps_equal(half, one)
+
+    again = tmp_path / "again.zarr"                         # and back: what two left half done, one finishes
+    shutil.copytree(half, again)
+    group = zarr.open_group(str(again), mode="r+")
+    group["done"].oindex[[1, 2, 6]] = False
+    group["discrepancy"].oindex[[1, 2, 6]] = np.nan
+    one_process(occlude, data, "blocks.1", again, units=[0, 1, 2], window=56, stride=56)
+    assert_maps_equal(again, one)
 
 
 def test_saliency_on_two_processes_equals_one(data, tmp_path):
