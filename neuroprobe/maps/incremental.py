@@ -209,8 +209,7 @@ def _gather(tape: Tape, node: int, state: Patch | None, y: torch.Tensor, x: torc
     """(N, C, h, w): each copy's window of rows y[n]..y[n]+h-1 and columns x[n]..x[n]+w-1 of ``node``'s map
     with the copy's patch pasted in; positions outside the map (up to ``pads`` = top, bottom, left, right)
     read ``fill``."""
-    if state is not None and state.size == tuple(size) and not any(pads) and bool((state.y == y).all()) \
-            and bool((state.x == x).all()):
+    if state is not None and state.size == tuple(size) and not any(pads) and _same_offsets(state, y, x):
         return state.value                   # the patch is the window (a residual sum's larger branch)
     clean = tape.nodes[node].clean
     key = (node, pads, fill)
@@ -238,6 +237,14 @@ def _gather(tape: Tape, node: int, state: Patch | None, y: torch.Tensor, x: torc
             if r0 < r1 and c0 < c1:
                 window[n, :, r0:r1, c0:c1] = state.value[n, :, r0 - top:r1 - top, c0 - left:c1 - left]
     return window
+
+
+def _same_offsets(state: Patch, y: torch.Tensor, x: torch.Tensor) -> bool:
+    """Whether the window is the patch's own region; compared by value only on the CPU, where it costs no
+    host synchronisation (on an accelerator, only the same offset tensors count)."""
+    if state.y is y and state.x is x:
+        return True
+    return y.device.type == "cpu" and bool((state.y == y).all()) and bool((state.x == x).all())
 
 
 def _gather_indexed(padded: torch.Tensor, pads, state: Patch | None, y: torch.Tensor, x: torch.Tensor,
