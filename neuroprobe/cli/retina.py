@@ -36,19 +36,39 @@ def add_commands(sub) -> None:
     common.add_overwrite(p, "likelihood")
 
     p = common.command(sub, "saccade", _saccade,
-                       "train dorsal networks (k-fold) and evaluate active vision on a likelihood store")
-    p.add_argument("--likelihood", required=True, help="a likelihood store made by 'search' (DIR/likelihood.zarr, or DIR)")
-    p.add_argument("--data", required=True, help="the image table the store was made from")
+                       "dorsal maps (saliency, conv, linear; k-fold) and the active-vision test on likelihood stores")
+    p.add_argument("--likelihood", required=True, nargs="+", metavar="STORE",
+                   help="one or more likelihood stores made by 'search' with the same options (DIR/likelihood.zarr, "
+                        "or DIR); their images are pooled into one cross-validation")
+    p.add_argument("--data", required=True, nargs="+", metavar="TABLE",
+                   help="the image table each store was made from, in the same order")
     common.add_incomplete(p, "likelihood store")
+    p.add_argument("--dorsal", nargs="+", choices=["saliency", "conv", "linear"], default=["saliency", "conv", "linear"],
+                   help="dorsal maps to score: saliency (the model's own Grad-CAM of a coarse full view, untrained), "
+                        "conv (a convolutional head on the glimpse's feature map), linear (a linear head on its "
+                        "pooled features) (default: all three)")
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds (default: %(default)s)")
     p.add_argument("--saccades", type=int, default=3,
                    help="at most this many saccades for the evidence-accumulating policies (default: %(default)s)")
     p.add_argument("--candidates", type=int, default=5,
                    help="IGUB refinement: choose among the dorsal map's best N fixations (default: %(default)s)")
-    p.add_argument("--glimpse", type=int, default=64, help="glimpse side in px (default: %(default)s)")
-    p.add_argument("--epochs", type=int, default=300, help="head training epochs, full batch (default: %(default)s)")
+    p.add_argument("--saliency-method", choices=["gradcam", "dff", "gradient", "smoothgrad", "guided"],
+                   default="gradcam", help="attribution method of the saliency map (default: %(default)s)")
+    p.add_argument("--saliency-size", type=int, default=112,
+                   help="side in px of the coarse colour full view the saliency map is computed on (default: %(default)s)")
+    p.add_argument("--glimpse", type=int, default=112, help="the trained heads' glimpse side in px (default: %(default)s)")
+    p.add_argument("--glimpse-view", choices=["logpolar", "crop"], default="crop",
+                   help="the trained heads' glimpse: crop (a coarse Cartesian view of the whole image) or logpolar "
+                        "(the seed's retinotopic glimpse) (default: %(default)s)")
+    p.add_argument("--gray", action="store_true", help="grayscale glimpses for the trained heads (the seed's)")
+    p.add_argument("--no-flip", dest="flip", action="store_false",
+                   help="do not double the training images with their left-right flips (mirrored target maps)")
+    p.add_argument("--shift", type=float, default=0.08,
+                   help="conv head: glimpses also centred this far off-centre, in x and y (normalized units; 0 = "
+                        "none) (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=300, help="linear head training epochs, full batch (default: %(default)s)")
     p.add_argument("--target", choices=["correct", "probability"], default="correct",
-                   help="what the head predicts per fixation: ventral top-1 right (0/1) or p(label | view)")
+                   help="what the trained heads predict per fixation: ventral top-1 right (0/1) or p(label | view)")
     common.add_seed(p, "the folds, the initialisation and the random baseline")
     common.add_device(p)
     common.add_folder_out(p, "the networks, tables and figures")
@@ -81,27 +101,37 @@ def _search(args) -> int:
 
 
 def _saccade(args) -> int:
-    """From one coarse grayscale log-polar glimpse of each image, a dorsal network (frozen backbone of the store's
-    model + linear head) predicts where the ventral network is right; a saccade goes there and the ventral view
-    classifies. Every image is scored by a head trained on the other folds. Writes dorsal_fold<k>.pt,
-    active_vision.csv, summary.csv (accuracy with 95% intervals, difference from the centre view, share of the
-    centre -> oracle gap closed), accuracy.png and dorsal_maps.png.
+    """A dorsal map says, from a coarse view of the whole image, where the ventral network will be right; the eye
+    looks at the centre, saccades to the map's best fixation(s) and classifies. Dorsal maps: saliency (the ventral
+    model's Grad-CAM of a coarse full view, no training), conv (a convolutional head on the glimpse's feature map,
+    trained with flips and shifts) and linear (a linear head on its pooled features). Each is scored on every image
+    by a model trained on the other folds, against the image-blind prior, a random map and the perfect map, each
+    driving the same loops. Writes dorsal_<map>_fold<k>.pt, active_vision.csv (per image and policy), summary.csv
+    (accuracy with 95% intervals; paired differences from the centre view and from the prior with the same loop;
+    share of the centre -> perfect-map gap closed), active_vision.png and dorsal_maps.png.
     """
+    from ..retina.active_report import saccade_report
     from ..retina.dorsal import DorsalTraining
-    from ..retina.report import saccade_report
 
-    store = Path(args.likelihood)
-    if (store / "likelihood.zarr").is_dir():
-        store = store / "likelihood.zarr"
-    summary = saccade_report(store, args.data, args.out, folds=args.folds, seed=args.seed, count=args.saccades,
-                             candidates=args.candidates, glimpse=args.glimpse, device=args.device,
-                             training=DorsalTraining(epochs=args.epochs, target=args.target, seed=args.seed),
-                             allow_incomplete=args.allow_incomplete)
-    print(f"active vision, {args.folds}-fold cross-validated, {summary.n.max()} images (accuracy, 95% interval; "
-          "difference from the centre view):")
+    common.at_least_one(folds=args.folds, saccades=args.saccades, candidates=args.candidates,
+                        glimpse=args.glimpse, saliency_size=args.saliency_size)
+    stores = [Path(s) / "likelihood.zarr" if (Path(s) / "likelihood.zarr").is_dir() else Path(s) for s in args.likelihood]
+    summary = saccade_report(stores, args.data, args.out, dorsal=args.dorsal, folds=args.folds, seed=args.seed,
+                             count=args.saccades, candidates=args.candidates, glimpse=args.glimpse,
+                             glimpse_view=args.glimpse_view, glimpse_color=not args.gray, flip=args.flip,
+                             shift=args.shift, saliency_method=args.saliency_method, saliency_size=args.saliency_size,
+                             device=args.device, allow_incomplete=args.allow_incomplete,
+                             training=DorsalTraining(epochs=args.epochs, target=args.target, seed=args.seed))
+    per_fold = summary["training_images_per_fold"].iat[0]
+    print(f"active vision, {args.folds}-fold cross-validated, {summary.n.max()} images, {per_fold:.0f} training images "
+          f"per fold{' (x2 with flips)' if args.flip else ''}")
+    print("accuracy [95% interval]; paired difference from the centre view, and from the prior map with the same loop; "
+          "share of the centre -> perfect-map gap closed:")
     for row in summary.itertuples():
-        print(f"  {row.policy:<24} {row.accuracy:.3f} [{row.ci_low:.3f}, {row.ci_high:.3f}]  "
-              f"{row.vs_centre:+.3f} [{row.vs_centre_low:+.3f}, {row.vs_centre_high:+.3f}]  "
+        versus = "" if row.map == "" or row.map != row.map else \
+            f"  vs prior {row.vs_prior:+.3f} [{row.vs_prior_low:+.3f}, {row.vs_prior_high:+.3f}]"
+        print(f"  {row.policy:<18} {row.accuracy:.3f} [{row.ci_low:.3f}, {row.ci_high:.3f}]  "
+              f"vs centre {row.vs_centre:+.3f} [{row.vs_centre_low:+.3f}, {row.vs_centre_high:+.3f}]{versus}  "
               f"gap closed {row.gap_closed:+.0%}")
     print(f"networks, tables and figures in {Path(args.out).resolve()}")
     return 0

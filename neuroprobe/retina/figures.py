@@ -122,31 +122,87 @@ def accuracy_figure(summary: pd.DataFrame, column: str = "policy", names: dict |
     return fig
 
 
-def dorsal_figure(images: Sequence[np.ndarray], predicted: np.ndarray, actual: np.ndarray, fixations: Fixations,
-                  chosen: Sequence[int], titles: Sequence[str], kind: str = "logpolar") -> plt.Figure:
-    """Per image: the photo with the chosen saccade, the dorsal map (predicted p(ventral right)) and where
-    the ventral network really was right."""
-    fig, axes = plt.subplots(len(images), 3, figsize=(7.8, 2.6 * len(images)), layout="constrained", squeeze=False)
+def save_figure(fig: plt.Figure, path, state=None) -> None:
+    """Write ``fig`` (marked as made from an incomplete store when ``state`` says so) and close it."""
+    if state is not None:
+        from ..store.completeness import mark_figure
+
+        mark_figure(fig, state)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+LOOP_NAMES = {"saccade": "one saccade, class of that view (Fig. 7)", "evidence": "+ evidence, up to 3 saccades",
+              "igub": "+ evidence, IGUB among the map's best 5"}
+
+
+def active_vision_figure(summary: pd.DataFrame, title: str = "") -> plt.Figure:
+    """Each fixation map driving each loop: paired difference in accuracy from the centre view (left) and from
+    the image-blind prior driving the same loop (right), with 95% intervals; the oracle's gain for scale."""
+    rows = summary[summary["map"].fillna("").astype(str) != ""]
+    maps = list(dict.fromkeys(rows["map"]))
+    loops = list(dict.fromkeys(rows["loop"]))
+    colours = sns.color_palette("deep", len(loops))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained", sharey=False)
+    width = 0.8 / len(loops)
+    for ax, column, label in ((axes[0], "vs_centre", "accuracy - centre view"),
+                              (axes[1], "vs_prior", "accuracy - prior map, same loop")):
+        for k, loop in enumerate(loops):
+            part = rows[rows["loop"] == loop]
+            xs = np.array([maps.index(m) for m in part["map"]]) - 0.4 + width * (k + 0.5)
+            mean = part[column].to_numpy(float)
+            low, high = part[f"{column}_low"].to_numpy(float), part[f"{column}_high"].to_numpy(float)
+            ax.bar(xs, mean, width=width * 0.95, color=colours[k], label=LOOP_NAMES.get(loop, loop))
+            ax.errorbar(xs, mean, yerr=[np.maximum(mean - low, 0), np.maximum(high - mean, 0)], fmt="none",
+                        ecolor="black", capsize=2, lw=1)
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_xticks(range(len(maps)), maps, fontsize=8)
+        ax.set_ylabel(f"{label} (95% paired interval)", fontsize=8)
+    oracle = summary[summary["policy"] == "oracle"]
+    if len(oracle):
+        axes[0].axhline(float(oracle["vs_centre"].iat[0]), color="grey", ls="--", lw=0.8)
+        axes[0].annotate("oracle (any view right)", (len(maps) - 0.5, float(oracle["vs_centre"].iat[0])), fontsize=7,
+                         ha="right", va="bottom", color="grey")
+    axes[1].legend(fontsize=7, title="loop", title_fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def dorsal_maps_figure(images: Sequence[np.ndarray], maps: dict[str, np.ndarray], actual: np.ndarray,
+                       fixations: Fixations, chosen: dict[str, Sequence[int]], titles: Sequence[str],
+                       kind: str = "logpolar") -> plt.Figure:
+    """Per image: the photo with each map's first saccade, each dorsal map (a (rows, cols) map of predicted
+    p(right) per fixation, or a saliency map over the whole image) and where the ventral network was right."""
+    names = list(maps)
+    colours = dict(zip(names, sns.color_palette("bright", len(names)), strict=True))
+    columns = 2 + len(names)
+    fig, axes = plt.subplots(len(images), columns, figsize=(2.5 * columns, 2.5 * len(images)),
+                             layout="constrained", squeeze=False)
+    shown = None
     for row, image in enumerate(images):
         size = image.shape[0]
         centres, radii = _pixels(fixations, size)
         axes[row, 0].imshow(image)
-        if chosen[row] >= 0:
-            (x, y), r = centres.reshape(-1, 2)[chosen[row]], radii.reshape(-1)[chosen[row]]
-            style = dict(fill=False, ec="red", lw=2)
-            axes[row, 0].add_patch(Rectangle((x - r, y - r), 2 * r, 2 * r, **style) if kind == "crop"
-                                   else Circle((x, y), r, **style))
-            axes[row, 0].plot(x, y, "r+", ms=10)
-        axes[row, 0].set_title(titles[row], fontsize=8)
-        for ax, values, name in ((axes[row, 1], predicted[row], "dorsal map (cross-validated)"),
-                                 (axes[row, 2], actual[row], "ventral right here")):
+        for name in names:
+            target = int(chosen[name][row])
+            if target >= 0:
+                (x, y), r = centres.reshape(-1, 2)[target], radii.reshape(-1)[target]
+                style = dict(fill=False, ec=colours[name], lw=1.5, label=name)
+                axes[row, 0].add_patch(Rectangle((x - r, y - r), 2 * r, 2 * r, **style) if kind == "crop"
+                                       else Circle((x, y), r, **style))
+        axes[row, 0].set_title(titles[row], fontsize=7)
+        if row == 0:
+            axes[row, 0].legend(fontsize=6, loc="lower left", title="first saccade", title_fontsize=6)
+        panels = [(name, maps[name][row]) for name in names] + [("ventral right here", actual[row])]
+        for ax, (name, values) in zip(axes[row, 1:], panels, strict=True):
             ax.imshow(image, alpha=0.4)
-            shown = ax.imshow(values, cmap="viridis", vmin=0, vmax=1, alpha=0.75, extent=_map_extent(fixations, size),
+            extent = _map_extent(fixations, size) if values.shape == fixations.shape else [0, size, size, 0]
+            shown = ax.imshow(values, cmap="viridis", vmin=0, vmax=1, alpha=0.75, extent=extent,
                               interpolation="nearest")
             ax.set_xlim(0, size)
             ax.set_ylim(size, 0)
-            ax.set_title(name, fontsize=8)
+            ax.set_title(name if name != "saliency" else "saliency (glimpse, scaled)", fontsize=8)
         for ax in axes[row]:
             ax.axis("off")
-    fig.colorbar(shown, ax=axes[:, 2], shrink=0.5, label="probability / outcome")
+    fig.colorbar(shown, ax=axes[:, -1], shrink=0.5, label="predicted p(right) / outcome / scaled saliency")
     return fig

@@ -1,0 +1,52 @@
+"""The untrained dorsal map: the ventral network's own attribution map of the coarse glimpse.
+
+The ventral model sees the glimpse (a low-resolution view of the whole image, resized to its input),
+names its most likely class, and an attribution method (Grad-CAM by default, or DFF, gradient, ...)
+says where in the glimpse that class comes from. Averaged over each fixation's field, the map scores
+the fixations: look where the evidence is. Nothing is trained, so no image can leak into its own score.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..maps.methods import attribute, check_methods
+from ..models.loading import LoadedModel
+from .dorsal import Glimpse, GlimpseEncoder
+from .fields import field_weights
+from .layouts import Fixations
+
+SALIENCY_METHODS = ("gradcam", "dff", "gradient", "smoothgrad", "guided")
+
+
+class SaliencyDorsal:
+    """Fixation scores (B, rows, cols) and glimpse maps (B, s, s) of ``method`` for the ventral model's top class."""
+
+    def __init__(self, ventral: LoadedModel, fixations: Fixations, view_kind: str, glimpse: Glimpse,
+                 method: str = "gradcam", device: torch.device | str = "cpu") -> None:
+        check_methods([method])
+        self.encoder = GlimpseEncoder(ventral, glimpse, device=device)
+        self.method, self.fixations = method, fixations
+        self.fields = field_weights(fixations, view_kind, (glimpse.size, glimpse.size), glimpse.kind,
+                                    rs_min=glimpse.rs_min, rs_max=glimpse.rs_max).to(self.encoder.device)
+
+    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.encoder.inputs(images)
+        module = self.encoder.module
+        with torch.no_grad():
+            top = module(x).argmax(1)
+        with torch.enable_grad():                          # also inside a caller's no_grad (the live loop)
+            shown = attribute(module, x, top, self.method).map.detach()                   # (B, 1, H, W) or (B, T, ...)
+        shown = shown.reshape(len(x), -1, *shown.shape[-2:])[:, :1].float()
+        size = self.encoder.glimpse.size
+        glimpse_map = F.adaptive_avg_pool2d(shown, (size, size))[:, 0]
+        scores = glimpse_map.flatten(1) @ self.fields.T
+        return scores.unflatten(1, self.fixations.shape).cpu(), glimpse_map.cpu()
+
+
+def standardized(scores: np.ndarray) -> np.ndarray:
+    """Scores per image shifted and scaled to mean 0, s.d. 1 (a map's ranking is all that the loop uses)."""
+    flat = scores.reshape(len(scores), -1)
+    z = (flat - flat.mean(1, keepdims=True)) / np.maximum(flat.std(1, keepdims=True), 1e-12)
+    return z.reshape(scores.shape)
