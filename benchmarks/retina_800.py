@@ -1,11 +1,12 @@
 """Visual search and active vision on the 800 ImageNet-sample photos: the numbers of RESULTS.md and notebook 04.
 
-For each fixation layout (the 7 x 7 grid of radius 0.5, the authors' 11 x 11 rings) and view kind
-(log-polar, crop) it runs ``search_report`` (likelihood store under --stores, resumed when it exists)
-and ``saccade_report`` (5-fold dorsal networks), then writes ``search_summary.csv`` and
-``saccade_summary.csv`` into --out (default benchmarks/retina_800) and prints them as Markdown.
-On 2 CPU cores the four likelihood stores take ~2.5 h at one thread each (800 x 340 views);
-tables and figures are minutes once they exist.
+For each condition (fixation layout x view kind: the 7 x 7 grid of radius 0.5 or the authors' 11 x 11
+rings; crop or log-polar views) it runs ``search_report`` (likelihood store under --stores, resumed
+when it exists) and ``saccade_report`` with every dorsal choice (saliency, conv, linear; 5 folds), once
+with the default glimpse (112 px colour crop) and once with the seed's (64 px grayscale log-polar) for
+the trained heads, then writes ``search_summary.csv`` and ``saccade_summary.csv`` into --out (default
+benchmarks/retina_800) and prints them as Markdown. On 2 CPU cores a crop store takes 7 min (grid,
+800 x 49 views) or 17 min (rings, 800 x 121 views); each saccade report 2-4 min.
 
     .venv/bin/python benchmarks/retina_800.py --stores runs/retina
 """
@@ -13,15 +14,19 @@ from __future__ import annotations
 
 import argparse
 import logging
+import time
 from pathlib import Path
 
 import pandas as pd
 
 from neuroprobe.engine.malloc import keep_freed_memory
 from neuroprobe.models.loading import load_model
-from neuroprobe.retina.report import saccade_report, search_report
+from neuroprobe.retina.active_report import saccade_report
+from neuroprobe.retina.report import search_report
 
-CONDITIONS = [("grid", "logpolar"), ("grid", "crop"), ("rings", "logpolar"), ("rings", "crop")]
+CONDITIONS = ("grid-crop", "rings-crop", "grid-logpolar", "rings-logpolar")
+GLIMPSES = {"crop 112 px colour": dict(glimpse=112, glimpse_view="crop", glimpse_color=True),
+            "log-polar 64 px gray (seed)": dict(glimpse=64, glimpse_view="logpolar", glimpse_color=False)}
 
 
 def main() -> None:
@@ -30,6 +35,7 @@ def main() -> None:
     parser.add_argument("--stores", default="runs/retina", help="folder of the likelihood stores and reports")
     parser.add_argument("--out", default="benchmarks/retina_800")
     parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--conditions", nargs="+", choices=CONDITIONS, default=["grid-crop", "rings-crop"])
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     keep_freed_memory()
@@ -37,23 +43,34 @@ def main() -> None:
     stores, out = Path(args.stores), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     searches, saccades = [], []
-    for layout, view in CONDITIONS:
-        name = f"{layout}-{view}"
+    for name in args.conditions:
+        layout, view = name.split("-")
         report = stores / f"search-{name}"
         report.mkdir(parents=True, exist_ok=True)
         store = stores / f"{name}.zarr"
         if store.exists() and not (report / "likelihood.zarr").exists():
             (report / "likelihood.zarr").symlink_to(store.resolve())      # a store made before, resumed
-        searches.append(search_report(model, args.data, report, layout=layout, view=view, batch_size=4))
-        summary = saccade_report(report / "likelihood.zarr", args.data, stores / f"saccade-{name}", folds=args.folds)
-        saccades.append(summary.assign(store=name)[["store", *summary.columns]])
+        searches.append(search_report(model, args.data, report, layout=layout, view=view, batch_size=4)
+                        .assign(store=name))
+        for glimpse, options in GLIMPSES.items():
+            dorsal = ["saliency", "conv", "linear"] if glimpse.startswith("crop") else ["conv", "linear"]
+            start = time.perf_counter()
+            summary = saccade_report(report / "likelihood.zarr", args.data,
+                                     stores / f"saccade-{name}-{options['glimpse_view']}", dorsal=dorsal,
+                                     folds=args.folds, **options)
+            seconds = time.perf_counter() - start
+            summary = summary.assign(store=name, glimpse=glimpse, seconds=round(seconds))
+            saccades.append(summary[["store", "glimpse", *summary.columns[:-3], "seconds"]])
+            print(f"{name}, {glimpse}: {seconds:.0f} s", flush=True)
     search = pd.concat(searches, ignore_index=True)
     saccade = pd.concat(saccades, ignore_index=True)
     search.to_csv(out / "search_summary.csv", index=False)
     saccade.to_csv(out / "saccade_summary.csv", index=False)
     print(markdown(search))
     print()
-    print(markdown(saccade))
+    columns = ["store", "glimpse", "policy", "accuracy", "vs_centre", "vs_centre_low", "vs_centre_high", "vs_prior",
+               "vs_prior_low", "vs_prior_high", "gap_closed"]
+    print(markdown(saccade[columns]))
 
 
 def markdown(table: pd.DataFrame) -> str:

@@ -148,22 +148,36 @@ def test_live_loop_equals_the_store_based_evaluation(small_store):
 
 def test_saccade_report_writes_cross_validated_networks_and_tables(small_store, tmp_path):
     model, manifest, out = small_store
-    summary = saccade_report(out, manifest, tmp_path / "sa", folds=2, training=DorsalTraining(epochs=20))
-    assert list(summary.policy) == ["centre", "dorsal", "dorsal+evidence", "dorsal+igub", "prior+evidence",
-                                    "random+evidence", "perfect dorsal+evidence", "oracle"]
+    summary = saccade_report(out, manifest, tmp_path / "sa", folds=2, glimpse=32, saliency_size=32,
+                             training=DorsalTraining(epochs=20))
+    maps = ["saliency", "conv", "linear", "prior", "random", "perfect"]
+    assert list(summary.policy) == ["centre", *maps, *[m + "+evidence" for m in maps], *[m + "+igub" for m in maps],
+                                    "oracle"]
+    for column in ("map", "loop", "accuracy", "ci_low", "ci_high", "vs_centre", "vs_centre_low", "vs_centre_high",
+                   "vs_prior", "vs_prior_low", "vs_prior_high", "gap_closed", "training_images_per_fold"):
+        assert column in summary.columns, column
     table = pd.read_csv(tmp_path / "sa" / "active_vision.csv")
-    held = [set(load_dorsal(tmp_path / "sa" / f"dorsal_fold{k}.pt")[1]["held_out"]) for k in range(2)]
-    assert held[0].isdisjoint(held[1]) and held[0] | held[1] == set(range(10))
-    for k in range(2):
-        assert set(table[(table.policy == "dorsal") & (table.fold == k)].image) == held[k]
-    centre = summary.set_index("policy").loc["centre"]
-    assert centre.vs_centre == 0 and summary.set_index("policy").loc["oracle"].gap_closed == pytest.approx(1.0) \
-        or summary.set_index("policy").loc["oracle"].accuracy == centre.accuracy
-    for name in ("accuracy.png", "dorsal_maps.png", "summary.csv"):
+    for name in ("conv", "linear"):
+        held = [set(load_dorsal(tmp_path / "sa" / f"dorsal_{name}_fold{k}.pt")[1]["held_out"]) for k in range(2)]
+        assert held[0].isdisjoint(held[1]) and held[0] | held[1] == set(range(10))
+        for k in range(2):
+            assert set(table[(table.policy == name) & (table.fold == k)].image) == held[k]
+            assert load_dorsal(tmp_path / "sa" / f"dorsal_{name}_fold{k}.pt")[1]["training_images"] == 10 - len(held[k])
+    by = summary.set_index("policy")
+    assert by.at["centre", "vs_centre"] == 0 and by.at["prior+evidence", "vs_prior"] == 0
+    for loop in ("", "+evidence", "+igub"):      # the perfect map closes its own loop's whole gap, when there is one
+        perfect = by.loc["perfect" + loop]
+        assert perfect.gap_closed == pytest.approx(1.0) or perfect.accuracy == by.at["centre", "accuracy"]
+        for name in maps:                         # differences are paired: accuracy minus the other's, same images
+            assert by.at[name + loop, "vs_prior"] == pytest.approx(
+                by.at[name + loop, "accuracy"] - by.at["prior" + loop, "accuracy"])
+    for name in ("accuracy.png", "active_vision.png", "dorsal_maps.png", "summary.csv", "dorsal_scores.csv"):
         assert (tmp_path / "sa" / name).stat().st_size > 0
     other = Manifest(manifest.table.iloc[:5].reset_index(drop=True), manifest.root)
     with pytest.raises(NeuroprobeError, match="made from"):
         saccade_report(out, other, tmp_path / "sb")
+    with pytest.raises(NeuroprobeError, match="unknown --dorsal"):
+        saccade_report(out, manifest, tmp_path / "sb", dorsal=["fovea"])
 
 
 def test_a_head_that_finds_nothing_falls_back_to_the_prior():

@@ -44,10 +44,27 @@ def test_search_then_saccade(six, tmp_path):
     pd.testing.assert_frame_equal(pd.read_csv(out / "summary.csv"), summary)
 
     code, stdout, _ = run_main(["saccade", "--likelihood", out, "--data", six, "--folds", "2", "--epochs", "20",
-                                "--glimpse", "32", "--out", tmp_path / "saccade"])
-    assert code == 0 and "gap closed" in stdout
-    for name in ("dorsal_fold0.pt", "dorsal_fold1.pt", "active_vision.csv", "summary.csv", "dorsal_maps.png"):
+                                "--glimpse", "32", "--saliency-size", "32", "--out", tmp_path / "saccade"])
+    assert code == 0 and "gap closed" in stdout and "3 training images per fold (x2 with flips)" in stdout
+    for name in ("dorsal_conv_fold0.pt", "dorsal_linear_fold1.pt", "active_vision.csv", "summary.csv",
+                 "dorsal_scores.csv", "active_vision.png", "dorsal_maps.png"):
         assert (tmp_path / "saccade" / name).stat().st_size > 0, name
+    summary = pd.read_csv(tmp_path / "saccade" / "summary.csv").set_index("policy")
+    row = summary.loc["saliency+evidence"]
+    assert (f"saliency+evidence  {row.accuracy:.3f} [{row.ci_low:.3f}, {row.ci_high:.3f}]  vs centre "
+            f"{row.vs_centre:+.3f} [{row.vs_centre_low:+.3f}, {row.vs_centre_high:+.3f}]  vs prior "
+            f"{row.vs_prior:+.3f} [{row.vs_prior_low:+.3f}, {row.vs_prior_high:+.3f}]") in stdout
+
+    # the saliency map alone: nothing trained; the same store twice is refused (an image would see itself)
+    code, stdout, _ = run_main(["saccade", "--likelihood", out, "--data", six, "--dorsal", "saliency",
+                                "--folds", "3", "--saliency-size", "32", "--no-flip", "--out", tmp_path / "alone"])
+    assert code == 0 and "6 images, 4 training images per fold\n" in stdout
+    summary = pd.read_csv(tmp_path / "alone" / "summary.csv")
+    assert not any(p.startswith(("conv", "linear")) for p in summary.policy) and (summary.n == 6).all()
+    assert not list((tmp_path / "alone").glob("*.pt"))
+    code, _, err = run_main(["saccade", "--likelihood", out, out, "--data", six, six, "--dorsal", "saliency",
+                             "--out", tmp_path / "twice"])
+    assert code == 2 and "combine likelihood stores of different images" in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("args,message", [
@@ -67,3 +84,7 @@ def test_wrong_choices_and_stores_are_refused(six, tmp_path, capsys):
     assert exit_.value.code == 2
     code, _, err = run_main(["saccade", "--likelihood", tmp_path / "missing", "--data", six, "--out", tmp_path / "y"])
     assert code == 2 and "likelihood store" in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(SystemExit) as exit_:
+        run_main(["saccade", "--likelihood", tmp_path / "missing", "--data", six, "--dorsal", "fovea",
+                  "--out", tmp_path / "y"])
+    assert exit_.value.code == 2

@@ -27,7 +27,7 @@ from .active import saccades
 from .dorsal import (DorsalTraining, Glimpse, GlimpseEncoder, fit_dorsal, fold_of, save_dorsal, training_meta)
 from .dorsal_conv import ConvTraining, fit_conv
 from .fields import field_weights, mirror_index
-from .figures import active_vision_figure, dorsal_maps_figure, save_figure
+from .figures import accuracy_figure, active_vision_figure, dorsal_maps_figure, save_figure
 from .likelihood import LikelihoodStore, ViewSettings
 from .saliency import SaliencyDorsal
 from .search import accuracy_table
@@ -125,6 +125,12 @@ def open_images(likelihood: Sequence[str | Path], data: Sequence[str | Path | Ma
         manifests.append(manifest)
         parts.append((np.full(len(usable), k), usable, images["target"].to_numpy()[usable]))
     store_index, rows, labels = (np.concatenate(p) for p in zip(*parts, strict=True))
+    seen: dict[str, int] = {}
+    for k, manifest in enumerate(manifests):           # one image in two stores would be scored by a model that saw it
+        for path in (str(manifest.absolute(int(r))) for r in rows[store_index == k]):
+            if seen.setdefault(path, k) != k:
+                raise NeuroprobeError(f"{path} is in both {stores[seen[path]].path} and {stores[k].path}; combine "
+                                      "likelihood stores of different images")
     return Images(stores, manifests, store_index, rows, labels.astype(np.int64)), states
 
 
@@ -210,8 +216,9 @@ def saccade_report(likelihood: str | Path | Sequence[str | Path], data: str | Pa
     ``likelihood`` one store or several made by the same ``search`` options, each with its image table in
     ``data`` (same order); their usable images are pooled into one k-fold split. ``flip`` doubles the
     training images (a flipped image has the mirrored target map); ``shift`` moves the conv head's glimpse.
-    Writes dorsal_<choice>_fold<k>.pt (``weights_only`` loadable), active_vision.csv (per image and policy),
-    summary.csv, active_vision.png (paired differences) and dorsal_maps.png.
+    Writes dorsal_<choice>_fold<k>.pt (``weights_only`` loadable), dorsal_scores.csv (every image's score of every
+    fixation by every map, with its fold), active_vision.csv (per image and policy), summary.csv,
+    accuracy.png, active_vision.png (paired differences) and dorsal_maps.png.
     """
     from ..store.completeness import mark_table
 
@@ -280,6 +287,7 @@ def saccade_report(likelihood: str | Path | Sequence[str | Path], data: str | Pa
                             | {"epochs": int(net.epochs), "flip": flip, "shift": shift, "conv": conv.__dict__})
         for name in trained:
             shown[name] = expit(scores[name]).reshape(len(images), *fixations.shape)
+    scores = {name: scores[name] for name in dorsal}                # the caller's order, in tables and figures
     table = evaluate(images, scores, correct.reshape(len(images), -1), folds_of, centre, count, candidates, seed)
     table.insert(2, "path", images.paths()[table["position"].to_numpy()])
     summary = summarize(table)
@@ -294,7 +302,10 @@ def saccade_report(likelihood: str | Path | Sequence[str | Path], data: str | Pa
     title = (f"active vision, {folds}-fold cross-validated, {len(images)} images, {fixations.layout} layout, "
              f"{settings.kind} views")
     save_figure(active_vision_figure(summary, title), out / "active_vision.png", state)
-    shown_rows = np.arange(min(examples, len(images)))
+    bars = summary.assign(map=summary["map"].where(summary["map"] != "", summary["policy"]))
+    save_figure(accuracy_figure(bars, column="map", names={}, hue="loop", title=title), out / "accuracy.png", state)
+    _score_table(images, scores, folds_of, fixations.shape).to_csv(out / "dorsal_scores.csv", index=False)
+    shown_rows = _examples(table, examples)
     if len(shown_rows):
         pictures = [_picture(images, int(i), source) for i in shown_rows]
         chosen = {name: table[(table.policy == name)].set_index("position").loc[shown_rows, "fixation_1"].to_numpy()
@@ -306,6 +317,28 @@ def saccade_report(likelihood: str | Path | Sequence[str | Path], data: str | Pa
         save_figure(dorsal_maps_figure(pictures, dorsal_maps, correct[shown_rows], fixations, chosen, titles,
                                        kind=settings.kind), out / "dorsal_maps.png", state)
     return summary
+
+
+def _score_table(images: Images, scores: dict[str, np.ndarray], fold: np.ndarray, shape) -> pd.DataFrame:
+    """Every dorsal score, tidy: one row per image, map and fixation, with the fold that held the image out."""
+    rows, cols = np.unravel_index(np.arange(shape[0] * shape[1]), shape)
+    parts = []
+    for name, values in scores.items():
+        n, f = values.shape
+        parts.append(pd.DataFrame({"store": np.repeat(images.store, f), "image": np.repeat(images.row, f),
+                                   "fold": np.repeat(fold, f), "map": name, "fixation": np.tile(np.arange(f), n),
+                                   "fy": np.tile(rows, n), "fx": np.tile(cols, n), "score": values.reshape(-1)}))
+    return pd.concat(parts, ignore_index=True)
+
+
+def _examples(table: pd.DataFrame, examples: int) -> np.ndarray:
+    """Images for the figure: first those whose centre view is wrong but some view is right (where the dorsal map
+    matters), then the first others."""
+    centre = table[table.policy == "centre"].set_index("position")["correct"]
+    oracle = table[table.policy == "oracle"].set_index("position")["correct"]
+    helped = [p for p in centre.index if not centre[p] and oracle[p]]
+    rest = [p for p in centre.index if p not in set(helped[:(examples + 1) // 2])]
+    return np.array((helped[:(examples + 1) // 2] + rest)[:examples], dtype=np.int64)
 
 
 def _augmented_target(targets: np.ndarray, aug: Augmentation, mirror: np.ndarray | None, shape) -> np.ndarray:
