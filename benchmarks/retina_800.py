@@ -50,8 +50,7 @@ def main() -> None:
         store = stores / f"{name}.zarr"
         if store.exists() and not (report / "likelihood.zarr").exists():
             (report / "likelihood.zarr").symlink_to(store.resolve())      # a store made before, resumed
-        searches.append(search_report(model, args.data, report, layout=layout, view=view, batch_size=4)
-                        .assign(store=name))
+        searches.append(search_report(model, args.data, report, layout=layout, view=view, batch_size=4))
         for glimpse, options in GLIMPSES.items():
             dorsal = ["saliency", "conv", "linear"] if glimpse.startswith("crop") else ["conv", "linear"]
             start = time.perf_counter()
@@ -63,6 +62,12 @@ def main() -> None:
             saccades.append(summary[["store", "glimpse", *summary.columns[:-3], "seconds"]])
             print(f"{name}, {glimpse}: {seconds:.0f} s", flush=True)
     search = pd.concat(searches, ignore_index=True)
+    if (out / "search_summary.csv").exists():    # conditions not run this time keep their earlier rows
+        earlier = pd.read_csv(out / "search_summary.csv")
+        kept = ~(earlier["layout"] + "-" + earlier["view"]).isin(args.conditions)
+        search = pd.concat([earlier[kept], search], ignore_index=True)
+        order = {name: k for k, name in enumerate(CONDITIONS)}
+        search = search.iloc[(search["layout"] + "-" + search["view"]).map(order).argsort(kind="stable")]
     saccade = pd.concat(saccades, ignore_index=True)
     search.to_csv(out / "search_summary.csv", index=False)
     saccade.to_csv(out / "saccade_summary.csv", index=False)

@@ -45,8 +45,8 @@ def add_commands(sub) -> None:
     common.add_incomplete(p, "likelihood store")
     p.add_argument("--dorsal", nargs="+", choices=["saliency", "conv", "linear"], default=["saliency", "conv", "linear"],
                    help="dorsal maps to score: saliency (the model's own Grad-CAM of a coarse full view, untrained), "
-                        "conv (a convolutional head on the glimpse's feature map), linear (a linear head on its "
-                        "pooled features) (default: all three)")
+                        "conv (a small convolutional head on the glimpse's feature map: the model's class evidence "
+                        "at every cell), linear (a linear head on its pooled features) (default: all three)")
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds (default: %(default)s)")
     p.add_argument("--saccades", type=int, default=3,
                    help="at most this many saccades for the evidence-accumulating policies (default: %(default)s)")
@@ -103,12 +103,14 @@ def _search(args) -> int:
 def _saccade(args) -> int:
     """A dorsal map says, from a coarse view of the whole image, where the ventral network will be right; the eye
     looks at the centre, saccades to the map's best fixation(s) and classifies. Dorsal maps: saliency (the ventral
-    model's Grad-CAM of a coarse full view, no training), conv (a convolutional head on the glimpse's feature map,
-    trained with flips and shifts) and linear (a linear head on its pooled features). Each is scored on every image
-    by a model trained on the other folds, against the image-blind prior, a random map and the perfect map, each
-    driving the same loops. Writes dorsal_<map>_fold<k>.pt, active_vision.csv (per image and policy), summary.csv
-    (accuracy with 95% intervals; paired differences from the centre view and from the prior with the same loop;
-    share of the centre -> perfect-map gap closed), active_vision.png and dorsal_maps.png.
+    model's Grad-CAM of a coarse full view, no training), conv (a small convolutional head on the class evidence at
+    every cell of the glimpse's feature map, trained with flips and shifts) and linear (a linear head on its pooled
+    features). Each is scored on every image by a model trained on the other folds, against the image-blind prior,
+    a random map and the perfect map, each driving the same loops: one saccade (the seed's Figure 7), up to 3 with
+    evidence multiplied, and the same with IGUB. Writes dorsal_<map>_fold<k>.pt, dorsal_scores.csv, active_vision.csv
+    (per image and policy), summary.csv (accuracy with 95% intervals; paired differences from the centre view and from
+    the prior with the same loop; share of the centre -> perfect-map gap closed), accuracy.png, active_vision.png and
+    dorsal_maps.png.
     """
     from ..retina.active_report import saccade_report
     from ..retina.dorsal import DorsalTraining
