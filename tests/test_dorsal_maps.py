@@ -63,6 +63,8 @@ def test_field_weights_average_the_cells_inside_each_field(layout, view, glimpse
             inside = [k == int(np.argmin(distance)) for k in range(len(cells))]
         expected = np.array(inside, dtype=float) / sum(inside)
         np.testing.assert_allclose(weights[f], expected, atol=1e-6, err_msg=f"fixation {f}")
+    sums = field_weights(fixations, view, (h, w), glimpse, shift, mean=False).numpy()
+    np.testing.assert_array_equal(sums, weights > 0)
 
 
 @pytest.mark.parametrize("layout", ["grid", "rings"])

@@ -24,7 +24,7 @@ from ..engine.provenance import model_of
 from ..errors import NeuroprobeError
 from ..progress import track
 from .active import saccades
-from .dorsal import (DorsalTraining, Glimpse, GlimpseEncoder, fit_dorsal, fold_of, save_dorsal, training_meta)
+from .dorsal import DorsalTraining, Glimpse, GlimpseEncoder, fit_dorsal, fold_of, save_dorsal, training_meta
 from .dorsal_conv import ConvTraining, fit_conv
 from .fields import field_weights, mirror_index
 from .figures import accuracy_figure, active_vision_figure, dorsal_maps_figure, save_figure
@@ -179,7 +179,7 @@ def _check_readable(batch) -> None:
         raise NeuroprobeError(f"image row(s) {bad} were readable when the likelihood store was made and are not now")
 
 
-def cross_validate(n: int, folds: int, seed: int, fit, score) -> tuple[np.ndarray, list]:
+def cross_validate(n: int, folds: int, seed: int, fit, score, name: str = "dorsal") -> tuple[np.ndarray, list]:
     """``score(fit(training positions), held-out positions)`` for each fold, stacked in image order; the models."""
     fold = fold_of(n, folds, seed)
     out, models = None, []
@@ -190,7 +190,7 @@ def cross_validate(n: int, folds: int, seed: int, fit, score) -> tuple[np.ndarra
         out = np.empty((n, *scores.shape[1:]), dtype=np.float32) if out is None else out
         out[held] = scores
         models.append(model)
-        log.info("dorsal fold %d/%d: trained on %d images, scored %d", k + 1, folds, n - len(held), len(held))
+        log.info("%s fold %d/%d: trained on %d images, scored %d", name, k + 1, folds, n - len(held), len(held))
     return out, models
 
 
@@ -268,7 +268,7 @@ def saccade_report(likelihood: str | Path | Sequence[str | Path], data: str | Pa
                 len(images), folds, seed,
                 lambda train_rows: fit_dorsal(pooled[train_rows], aug_targets[train_rows][:, plain_flip],
                                               fixations.shape, training),
-                lambda net, held: _flip_averaged(net, pooled[held], mirror))
+                lambda net, held: _flip_averaged(net, pooled[held], mirror), "linear head")
             for k, net in enumerate(nets):
                 save_dorsal(net, out / f"dorsal_linear_fold{k}.pt", base_meta | _fold_meta(k, folds, images, folds_of)
                             | {"l2": float(net.l2), "flip": flip})
@@ -281,7 +281,7 @@ def saccade_report(likelihood: str | Path | Sequence[str | Path], data: str | Pa
                 len(images), folds, seed,
                 lambda train_rows: fit_conv(evidence[train_rows], aug_targets[train_rows], fields, fixations.shape,
                                             conv),
-                lambda net, held: _flip_averaged(net, evidence[held][:, plain_flip], mirror))
+                lambda net, held: _flip_averaged(net, evidence[held][:, plain_flip], mirror), "conv head")
             for k, net in enumerate(nets):
                 save_dorsal(net, out / f"dorsal_conv_fold{k}.pt", base_meta | _fold_meta(k, folds, images, folds_of)
                             | {"epochs": int(net.epochs), "flip": flip, "shift": shift, "conv": conv.__dict__})

@@ -36,8 +36,9 @@ def cell_positions(map_shape: tuple[int, int], kind: str, center=(0.0, 0.0), rad
 
 def field_weights(fixations: Fixations, view_kind: str, map_shape: tuple[int, int], glimpse_kind: str,
                   center=(0.0, 0.0), radius: float = 1.0, rs_min: float = RS_MIN,
-                  rs_max: float = RS_MAX) -> torch.Tensor:
-    """(F, h * w) rows that average a glimpse map's cells over each fixation's field (rows sum to 1).
+                  rs_max: float = RS_MAX, mean: bool = True) -> torch.Tensor:
+    """(F, h * w) rows that average a glimpse map's cells over each fixation's field (rows sum to 1), or with
+    ``mean=False`` add them up (rows of 0/1: how much of the map a field holds).
 
     ``view_kind`` is the likelihood store's views ("crop": square fields; "logpolar": disc fields).
     A field that holds no cell centre (a small view in a coarse map) takes the cell nearest its centre.
@@ -53,7 +54,7 @@ def field_weights(fixations: Fixations, view_kind: str, map_shape: tuple[int, in
     if empty.any():
         nearest = distance[empty].argmin(1)
         inside[empty.nonzero()[:, 0], nearest] = 1.0
-    return (inside / inside.sum(1, keepdim=True)).float()
+    return (inside / inside.sum(1, keepdim=True) if mean else inside).float()
 
 
 def mirror_index(fixations: Fixations, tolerance: float = 1e-6) -> np.ndarray:
