@@ -45,7 +45,7 @@ def test_search_then_saccade(six, tmp_path):
 
     code, stdout, _ = run_main(["saccade", "--likelihood", out, "--data", six, "--folds", "2", "--epochs", "20",
                                 "--glimpse", "32", "--saliency-size", "32", "--out", tmp_path / "saccade"])
-    assert code == 0 and "gap closed" in stdout and "3 training images per fold (x2 with flips)" in stdout
+    assert code == 0 and "gap closed" in stdout and "3 training images per fold (x10 for the conv head: flips and 4 shifted glimpses)" in stdout
     for name in ("dorsal_conv_fold0.pt", "dorsal_linear_fold1.pt", "active_vision.csv", "summary.csv",
                  "dorsal_scores.csv", "active_vision.png", "dorsal_maps.png"):
         assert (tmp_path / "saccade" / name).stat().st_size > 0, name

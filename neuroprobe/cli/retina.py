@@ -125,8 +125,11 @@ def _saccade(args) -> int:
                              device=args.device, allow_incomplete=args.allow_incomplete,
                              training=DorsalTraining(epochs=args.epochs, target=args.target, seed=args.seed))
     per_fold = summary["training_images_per_fold"].iat[0]
+    copies = " (x2 with flips)" if args.flip else ""
+    if "conv" in args.dorsal and args.shift > 0:
+        copies = f" (x{10 if args.flip else 5} for the conv head: {'flips and ' if args.flip else ''}4 shifted glimpses)"
     print(f"active vision, {args.folds}-fold cross-validated, {summary.n.max()} images, {per_fold:.0f} training images "
-          f"per fold{' (x2 with flips)' if args.flip else ''}")
+          f"per fold{copies}")
     print("accuracy [95% interval]; paired difference from the centre view, and from the prior map with the same loop; "
           "share of the centre -> perfect-map gap closed:")
     for row in summary.itertuples():

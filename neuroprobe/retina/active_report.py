@@ -292,8 +292,6 @@ def saccade_report(likelihood: str | Path | Sequence[str | Path], data: str | Pa
     table.insert(2, "path", images.paths()[table["position"].to_numpy()])
     summary = summarize(table)
     summary.insert(len(summary.columns), "training_images_per_fold", float(per_fold.mean()))
-    summary.insert(len(summary.columns), "training_examples_per_fold",
-                   float(per_fold.mean()) * (2 if flip else 1))
     summary = mark_table(summary, state)
     mark_table(table, state).to_csv(out / "active_vision.csv", index=False)
     summary.to_csv(out / "summary.csv", index=False)
