@@ -36,7 +36,12 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/retina_800")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--conditions", nargs="+", choices=CONDITIONS, default=["grid-crop", "rings-crop"])
+    parser.add_argument("--ablation", action="store_true",
+                        help="only the conv head on grid-crop with four more glimpses (size x colour x view kind), "
+                             "into glimpse_ablation.csv: which property of the seed's glimpse loses the signal")
     args = parser.parse_args()
+    if args.ablation:
+        return glimpse_ablation(Path(args.stores), Path(args.out), args.data, args.folds)
     logging.basicConfig(level=logging.WARNING)
     keep_freed_memory()
     model = load_model("efficientnet_lite0")
@@ -76,6 +81,30 @@ def main() -> None:
     columns = ["store", "glimpse", "policy", "accuracy", "vs_centre", "vs_centre_low", "vs_centre_high", "vs_prior",
                "vs_prior_low", "vs_prior_high", "gap_closed"]
     print(markdown(saccade[columns]))
+
+
+ABLATION = [(64, "crop", True), (112, "crop", False), (112, "logpolar", True), (64, "logpolar", True)]
+
+
+def glimpse_ablation(stores: Path, out: Path, data: str, folds: int) -> None:
+    """The conv head on the grid-crop store with each glimpse of :data:`ABLATION` (the two of the main run are
+    the default 112 px colour crop and the seed's 64 px gray log-polar one)."""
+    keep_freed_memory()
+    rows = []
+    for size, view, color in ABLATION:
+        start = time.perf_counter()
+        summary = saccade_report(stores / "search-grid-crop" / "likelihood.zarr", data,
+                                 stores / f"ablation-{size}-{view}-{int(color)}", dorsal=["conv"], folds=folds,
+                                 glimpse=size, glimpse_view=view, glimpse_color=color, examples=0).set_index("policy")
+        rows.append({"glimpse": f"{size} px {'colour' if color else 'gray'} {view}",
+                     "seconds": round(time.perf_counter() - start),
+                     **{f"{policy} {column}": round(float(summary.at[policy, column]), 3)
+                        for policy in ("conv", "conv+evidence")
+                        for column in ("accuracy", "vs_centre", "vs_centre_low", "vs_centre_high", "vs_prior",
+                                       "vs_prior_low", "vs_prior_high")}})
+    table = pd.DataFrame(rows)
+    table.to_csv(out / "glimpse_ablation.csv", index=False)
+    print(markdown(table))
 
 
 def markdown(table: pd.DataFrame) -> str:

@@ -166,7 +166,8 @@ def test_saccade_and_rdm_log_their_progress(job, tmp_path, every_update, caplog)
     assert _run("search", job, tmp_path / "search") == 0
     assert main(["saccade", "--likelihood", str(tmp_path / "search"), "--data", str(job / "six.csv"), "--folds", "2",
                  "--epochs", "3", "--glimpse", "32", "--device", "cpu", "--out", str(tmp_path / "saccade")]) == 0
-    assert _lines(caplog, "saccade (glimpse features)") and _lines(caplog, "saccade (dorsal head)")
+    assert _lines(caplog, "saccade (glimpse features)") and _lines(caplog, "saccade (saliency maps)")
+    assert _lines(caplog, "saccade (linear head)") and _lines(caplog, "saccade (conv head)")
     rdm(job / "six.zarr", "blocks.1")
     assert _lines(caplog, "rdm (blocks.1)")
 

@@ -22,7 +22,7 @@ from ..engine.device import resolve_device
 from ..engine.loader import image_batches
 from ..engine.provenance import model_of
 from ..errors import NeuroprobeError
-from ..progress import track
+from ..progress import Progress, track
 from .active import saccades
 from .dorsal import DorsalTraining, Glimpse, GlimpseEncoder, fit_dorsal, fold_of, save_dorsal, training_meta
 from .dorsal_conv import ConvTraining, fit_conv
@@ -183,14 +183,16 @@ def cross_validate(n: int, folds: int, seed: int, fit, score, name: str = "dorsa
     """``score(fit(training positions), held-out positions)`` for each fold, stacked in image order; the models."""
     fold = fold_of(n, folds, seed)
     out, models = None, []
-    for k in range(folds):
-        held = np.flatnonzero(fold == k)
-        model = fit(np.flatnonzero(fold != k))
-        scores = score(model, held)
-        out = np.empty((n, *scores.shape[1:]), dtype=np.float32) if out is None else out
-        out[held] = scores
-        models.append(model)
-        log.info("%s fold %d/%d: trained on %d images, scored %d", name, k + 1, folds, n - len(held), len(held))
+    with Progress(folds, f"saccade ({name})", "fold") as meter:     # the heads' own meters nest inside, unseen
+        for k in range(folds):
+            held = np.flatnonzero(fold == k)
+            model = fit(np.flatnonzero(fold != k))
+            scores = score(model, held)
+            out = np.empty((n, *scores.shape[1:]), dtype=np.float32) if out is None else out
+            out[held] = scores
+            models.append(model)
+            log.info("%s fold %d/%d: trained on %d images, scored %d", name, k + 1, folds, n - len(held), len(held))
+            meter.update(1)
     return out, models
 
 
