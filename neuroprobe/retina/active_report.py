@@ -258,35 +258,9 @@ def saccade_report(likelihood: str | Path | Sequence[str | Path], data: str | Pa
     trained = [d for d in dorsal if d != "saliency"]
     if trained:
         encoder = GlimpseEncoder(backbone, Glimpse(glimpse, kind=glimpse_view, color=glimpse_color), device=dev)
-        augs = augmentations(flip, shift if "conv" in trained else 0.0)
-        evidence, pooled = glimpse_inputs(encoder, images, augs, source, batch_size, dev)
-        aug_targets = torch.as_tensor(np.stack([_augmented_target(targets, a, mirror, fixations.shape)
-                                                for a in augs], 1))
-        plain_flip = [0] + ([augs.index(Augmentation(True))] if flip else [])
-        base_meta = training_meta(training, encoder.glimpse, encoder.layer, backbone, fixations.to_attrs())
-        if "linear" in trained:
-            pooled = pooled[:, plain_flip]                                           # (n, 1 or 2, C)
-            scores["linear"], nets = cross_validate(
-                len(images), folds, seed,
-                lambda train_rows: fit_dorsal(pooled[train_rows], aug_targets[train_rows][:, plain_flip],
-                                              fixations.shape, training),
-                lambda net, held: _flip_averaged(net, pooled[held], mirror), "linear head")
-            for k, net in enumerate(nets):
-                save_dorsal(net, out / f"dorsal_linear_fold{k}.pt", base_meta | _fold_meta(k, folds, images, folds_of)
-                            | {"l2": float(net.l2), "flip": flip})
-        if "conv" in trained:
-            h, w = evidence.shape[-2:]
-            fields = torch.stack([field_weights(fixations, settings.kind, (h, w), glimpse_view, a.shift,
-                                                rs_min=encoder.glimpse.rs_min, rs_max=encoder.glimpse.rs_max)
-                                  for a in augs])
-            scores["conv"], nets = cross_validate(
-                len(images), folds, seed,
-                lambda train_rows: fit_conv(evidence[train_rows], aug_targets[train_rows], fields, fixations.shape,
-                                            conv),
-                lambda net, held: _flip_averaged(net, evidence[held][:, plain_flip], mirror), "conv head")
-            for k, net in enumerate(nets):
-                save_dorsal(net, out / f"dorsal_conv_fold{k}.pt", base_meta | _fold_meta(k, folds, images, folds_of)
-                            | {"epochs": int(net.epochs), "flip": flip, "shift": shift, "conv": conv.__dict__})
+        scores |= _train_heads(trained, encoder, images, targets, fixations, settings.kind, folds_of, out, mirror,
+                               shift, training, conv, source, batch_size, dev, training_meta(
+                                   training, encoder.glimpse, encoder.layer, backbone, fixations.to_attrs()))
         for name in trained:
             shown[name] = expit(scores[name]).reshape(len(images), *fixations.shape)
     scores = {name: scores[name] for name in dorsal}                # the caller's order, in tables and figures
@@ -310,8 +284,7 @@ def saccade_report(likelihood: str | Path | Sequence[str | Path], data: str | Pa
         pictures = [_picture(images, int(i), source) for i in shown_rows]
         chosen = {name: table[(table.policy == name)].set_index("position").loc[shown_rows, "fixation_1"].to_numpy()
                   for name in dorsal}
-        dorsal_maps = {name: _for_figure(name, shown[name][shown_rows], scores[name][shown_rows], fixations.shape)
-                       for name in dorsal}
+        dorsal_maps = {name: _for_figure(name, shown[name][shown_rows]) for name in dorsal}
         titles = [f"{Path(str(p)).name} (fold {folds_of[i]})" for i, p in zip(shown_rows, images.paths()[shown_rows],
                                                                               strict=True)]
         save_figure(dorsal_maps_figure(pictures, dorsal_maps, correct[shown_rows], fixations, chosen, titles,
@@ -341,6 +314,41 @@ def _examples(table: pd.DataFrame, examples: int) -> np.ndarray:
     return np.array((helped[:(examples + 1) // 2] + rest)[:examples], dtype=np.int64)
 
 
+def _train_heads(trained: Sequence[str], encoder: GlimpseEncoder, images: Images, targets: np.ndarray, fixations,
+                 view_kind: str, fold: np.ndarray, out: Path, mirror: np.ndarray | None, shift: float,
+                 training: DorsalTraining, conv: ConvTraining, source, batch_size: int, dev: torch.device,
+                 meta: dict) -> dict[str, np.ndarray]:
+    """Cross-validated (n, F) logits of the trained heads (``linear``, ``conv``), their fold files written to ``out``."""
+    folds, seed = int(fold.max()) + 1, training.seed
+    augs = augmentations(mirror is not None, shift if "conv" in trained else 0.0)
+    evidence, pooled = glimpse_inputs(encoder, images, augs, source, batch_size, dev)
+    aug_targets = torch.as_tensor(np.stack([_augmented_target(targets, a, mirror, fixations.shape) for a in augs], 1))
+    plain_flip = [0] + ([augs.index(Augmentation(True))] if mirror is not None else [])
+    flip = mirror is not None
+    scores = {}
+    if "linear" in trained:
+        pooled = pooled[:, plain_flip]                                           # (n, 1 or 2, C)
+        scores["linear"], nets = cross_validate(
+            len(images), folds, seed,
+            lambda rows: fit_dorsal(pooled[rows], aug_targets[rows][:, plain_flip], fixations.shape, training),
+            lambda net, held: _flip_averaged(net, pooled[held], mirror), "linear head")
+        for k, net in enumerate(nets):
+            save_dorsal(net, out / f"dorsal_linear_fold{k}.pt", meta | _fold_meta(k, folds, images, fold)
+                        | {"l2": float(net.l2), "flip": flip})
+    if "conv" in trained:
+        glimpse = encoder.glimpse
+        fields = torch.stack([field_weights(fixations, view_kind, evidence.shape[-2:], glimpse.kind, a.shift,
+                                            rs_min=glimpse.rs_min, rs_max=glimpse.rs_max) for a in augs])
+        scores["conv"], nets = cross_validate(
+            len(images), folds, seed,
+            lambda rows: fit_conv(evidence[rows], aug_targets[rows], fields, fixations.shape, conv),
+            lambda net, held: _flip_averaged(net, evidence[held][:, plain_flip], mirror), "conv head")
+        for k, net in enumerate(nets):
+            save_dorsal(net, out / f"dorsal_conv_fold{k}.pt", meta | _fold_meta(k, folds, images, fold)
+                        | {"epochs": int(net.epochs), "flip": flip, "shift": shift, "conv": conv.__dict__})
+    return scores
+
+
 def _augmented_target(targets: np.ndarray, aug: Augmentation, mirror: np.ndarray | None, shape) -> np.ndarray:
     """The target map of an augmented copy: the same map, or the mirrored one for a flipped image."""
     if not aug.flip:
@@ -355,7 +363,7 @@ def _fold_meta(k: int, folds: int, images: Images, fold: np.ndarray) -> dict:
             "held_out_store": images.store[held].tolist(), "training_images": int((~held).sum())}
 
 
-def _for_figure(name: str, shown: np.ndarray, scores: np.ndarray, shape) -> np.ndarray:
+def _for_figure(name: str, shown: np.ndarray) -> np.ndarray:
     """What a dorsal map looks like in the figure: predicted p(right) on the fixations, or the saliency map."""
     if name == "saliency":
         low, high = shown.min((1, 2), keepdims=True), shown.max((1, 2), keepdims=True)
