@@ -77,6 +77,8 @@ class Progress:
         self.mode = _resolve(mode)
         if self.mode == "bar" and rank != 0:
             self.mode = "log"
+        if self.mode == "bar" and _open > 0 and not sys.stderr.isatty() and _in_jupyter():
+            self.mode = "off"   # a notebook keeps every redraw of a text bar in its saved outputs: inner ones stay quiet
         self.count, self.start = 0, time.monotonic()
         self.last, self.interval, self.closed = self.start, _interval(), False
         self.bar, self.redirect, self.outermost = None, None, _open == 0

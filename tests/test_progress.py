@@ -238,3 +238,22 @@ def test_auto_is_log_when_piped_even_if_ipykernel_was_imported(every_update, cap
         assert meter.mode == "log"
         meter.update(2)
     assert len(_lines(caplog, "piped")) == 1
+
+
+def test_in_a_notebook_only_the_outermost_meter_draws(tmp_path):
+    """A real kernel: the outer bar is in the saved outputs, the inner meters' redraws are not."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    code = ("from neuroprobe.progress import Progress\n"
+            "with Progress(3, 'outer job', 'fold') as outer:\n"
+            "    for _ in range(3):\n"
+            "        with Progress(50, 'inner epochs', 'epoch') as inner:\n"
+            "            for _ in range(50):\n"
+            "                inner.update(1)\n"
+            "        outer.update(1)\n")
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
+    NotebookClient(notebook, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+    text = "".join(o.get("text", "") for o in notebook.cells[0].outputs)
+    assert "outer job" in text and "3/3" in text, text
+    assert "inner epochs" not in text, text
