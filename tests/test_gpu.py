@@ -540,3 +540,38 @@ def test_occlusion_store_equals_the_cpu(resnets, map_csv, device, tmp_path):
     assert same.mean() >= 0.95
     assert_close_to_scale(got["discrepancy"][ok][same], ref["discrepancy"][ok][same], 1e-4, "discrepancy")
     assert store_attrs(got_path) == store_attrs(ref_path)
+
+
+def test_dorsal_maps_equal_the_cpu(resnets, device):
+    """saccade's dorsal inputs made on the device equal the CPU's: the saliency map's field shares (Grad-CAM,
+    to 3e-4 of their scale, as ATTRIBUTION's gradcam), the glimpse's class evidence per cell and its pooled
+    features (to 1e-4), and the conv head's fixation logits on them."""
+    from neuroprobe.retina.dorsal import Glimpse, GlimpseEncoder
+    from neuroprobe.retina.dorsal_conv import DorsalConv
+    from neuroprobe.retina.fields import field_weights
+    from neuroprobe.retina.layouts import make_layout
+    from neuroprobe.retina.saliency import SaliencyDorsal
+
+    cpu_model, dev_model = small_models(resnets)
+    images = torch.randint(0, 256, (3, 3, 96, 96), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    fixations = make_layout("grid", n=3, radius=0.5)
+    glimpse = Glimpse(32, kind="crop", color=True)
+    ref_scores, ref_maps = SaliencyDorsal(cpu_model, fixations, "crop", glimpse, device="cpu")(images)
+    got_scores, got_maps = SaliencyDorsal(dev_model, fixations, "crop", glimpse, device=device)(images.to(device))
+    assert_close_to_scale(got_scores.numpy(), ref_scores.numpy(), 3e-4, "saliency field shares")
+    assert_close_to_scale(got_maps.numpy(), ref_maps.numpy(), 3e-4, "saliency glimpse maps")
+    ref_encoder, got_encoder = GlimpseEncoder(cpu_model, glimpse), GlimpseEncoder(dev_model, glimpse, device=device)
+    for shift, flip in (((0.0, 0.0), False), ((0.08, 0.0), True)):
+        ref, got = ref_encoder.evidence(images, shift, flip), got_encoder.evidence(images.to(device), shift, flip)
+        assert got.device.type == torch.device(device).type
+        assert_close_to_scale(got.cpu().numpy(), ref.numpy(), 1e-4, f"class evidence {shift} {flip}")
+    assert_close_to_scale(got_encoder(images.to(device)).cpu().numpy(), ref_encoder(images).numpy(), 1e-4, "pooled")
+    evidence = ref_encoder.evidence(images)
+    torch.manual_seed(0)
+    head = DorsalConv(6, field_weights(fixations, "crop", evidence.shape[-2:], "crop")[None], (3, 3), hidden=4)
+    torch.nn.init.normal_(head.linear.weight)
+    torch.nn.init.normal_(head.mix.weight)
+    with torch.no_grad():
+        ref_logits = head(evidence)
+        got_logits = copy.deepcopy(head).to(device)(got_encoder.evidence(images.to(device)))
+    assert_close_to_scale(got_logits.cpu().numpy(), ref_logits.numpy(), 1e-4, "conv head logits")
