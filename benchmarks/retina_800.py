@@ -74,6 +74,11 @@ def main() -> None:
         order = {name: k for k, name in enumerate(CONDITIONS)}
         search = search.iloc[(search["layout"] + "-" + search["view"]).map(order).argsort(kind="stable")]
     saccade = pd.concat(saccades, ignore_index=True)
+    if (out / "saccade_summary.csv").exists():
+        earlier = pd.read_csv(out / "saccade_summary.csv", keep_default_na=False, na_values=[""])
+        earlier = earlier[~earlier["store"].isin(args.conditions)]
+        saccade = pd.concat([earlier, saccade], ignore_index=True)
+        saccade = saccade.iloc[saccade["store"].map({n: k for k, n in enumerate(CONDITIONS)}).argsort(kind="stable")]
     search.to_csv(out / "search_summary.csv", index=False)
     saccade.to_csv(out / "saccade_summary.csv", index=False)
     print(markdown(search))
