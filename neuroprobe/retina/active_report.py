@@ -276,8 +276,7 @@ def saccade_report(likelihood: str | Path | Sequence[str | Path], data: str | Pa
     title = (f"active vision, {folds}-fold cross-validated, {len(images)} images, {fixations.layout} layout, "
              f"{settings.kind} views")
     save_figure(active_vision_figure(summary, title), out / "active_vision.png", state)
-    bars = summary.assign(map=summary["map"].where(summary["map"] != "", summary["policy"]))
-    save_figure(accuracy_figure(bars, column="map", names={}, hue="loop", title=title), out / "accuracy.png", state)
+    save_figure(_accuracy_bars(summary, title), out / "accuracy.png", state)
     _score_table(images, scores, folds_of, fixations.shape).to_csv(out / "dorsal_scores.csv", index=False)
     shown_rows = _examples(table, examples)
     if len(shown_rows):
@@ -290,6 +289,18 @@ def saccade_report(likelihood: str | Path | Sequence[str | Path], data: str | Pa
         save_figure(dorsal_maps_figure(pictures, dorsal_maps, correct[shown_rows], fixations, chosen, titles,
                                        kind=settings.kind), out / "dorsal_maps.png", state)
     return summary
+
+
+def _accuracy_bars(summary: pd.DataFrame, title: str):
+    """Accuracy of every map x loop with Wilson intervals; the centre view and the oracle as reference lines."""
+    fig = accuracy_figure(summary[summary["map"] != ""], column="map", names={}, hue="loop", title=title)
+    fig.set_size_inches(9, 3.6)
+    ax = fig.axes[0]
+    for policy, style in (("centre", ":"), ("oracle", "--")):
+        level = float(summary.loc[summary.policy == policy, "accuracy"].iat[0])
+        ax.axhline(level, color="grey", ls=style, lw=1, label=f"{policy} {level:.3f}")
+    ax.legend(fontsize=7, title="loop", title_fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return fig
 
 
 def _score_table(images: Images, scores: dict[str, np.ndarray], fold: np.ndarray, shape) -> pd.DataFrame:
