@@ -39,7 +39,12 @@ def main() -> None:
     parser.add_argument("--ablation", action="store_true",
                         help="only the conv head on grid-crop with four more glimpses (size x colour x view kind), "
                              "into glimpse_ablation.csv: which property of the seed's glimpse loses the signal")
+    parser.add_argument("--saliency-methods", action="store_true",
+                        help="only the saliency map on the crop stores with Grad-CAM, DFF and the gradient, into "
+                             "saliency_methods.csv")
     args = parser.parse_args()
+    if args.saliency_methods:
+        return saliency_methods(Path(args.stores), Path(args.out), args.data, args.folds)
     if args.ablation:
         return glimpse_ablation(Path(args.stores), Path(args.out), args.data, args.folds)
     logging.basicConfig(level=logging.WARNING)
@@ -77,7 +82,7 @@ def main() -> None:
     if (out / "saccade_summary.csv").exists():
         earlier = pd.read_csv(out / "saccade_summary.csv", keep_default_na=False, na_values=[""])
         earlier = earlier[~earlier["store"].isin(args.conditions)]
-        saccade = pd.concat([earlier, saccade], ignore_index=True)
+        saccade = pd.concat([earlier, saccade], ignore_index=True)[list(saccade.columns)]
         saccade = saccade.iloc[saccade["store"].map({n: k for k, n in enumerate(CONDITIONS)}).argsort(kind="stable")]
     search.to_csv(out / "search_summary.csv", index=False)
     saccade.to_csv(out / "saccade_summary.csv", index=False)
@@ -109,6 +114,27 @@ def glimpse_ablation(stores: Path, out: Path, data: str, folds: int) -> None:
                                        "vs_prior_low", "vs_prior_high")}})
     table = pd.DataFrame(rows)
     table.to_csv(out / "glimpse_ablation.csv", index=False)
+    print(markdown(table))
+
+
+def saliency_methods(stores: Path, out: Path, data: str, folds: int) -> None:
+    """The untrained saliency map with each attribution method, on the grid-crop and rings-crop stores."""
+    keep_freed_memory()
+    rows = []
+    for name in ("grid-crop", "rings-crop"):
+        for method in ("gradcam", "dff", "gradient"):
+            start = time.perf_counter()
+            summary = saccade_report(stores / f"search-{name}" / "likelihood.zarr", data,
+                                     stores / f"saliency-{name}-{method}", dorsal=["saliency"], folds=folds,
+                                     saliency_method=method, examples=0).set_index("policy")
+            for policy in ("saliency", "saliency+evidence", "saliency+igub"):
+                row = summary.loc[policy]
+                rows.append({"store": name, "method": method, "policy": policy, "accuracy": row.accuracy,
+                             **{c: row[c] for c in ("vs_centre", "vs_centre_low", "vs_centre_high", "vs_prior",
+                                                    "vs_prior_low", "vs_prior_high", "gap_closed")},
+                             "seconds": round(time.perf_counter() - start)})
+    table = pd.DataFrame(rows)
+    table.to_csv(out / "saliency_methods.csv", index=False)
     print(markdown(table))
 
 
