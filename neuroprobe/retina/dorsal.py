@@ -1,14 +1,17 @@
-"""The dorsal pathway: from one coarse grayscale log-polar glimpse, where will the ventral network be right?
+"""The dorsal pathway: from one coarse glimpse of the whole image, where will the ventral network be right?
 
-Input: the log-polar view of the whole image (centre fixation, radius 1, ``glimpse`` px, grayscale),
-encoded by a frozen pretrained backbone (the pooled post-activation of its last spatial layer, the
-classifier's input) and mapped by a linear head to one logit per fixation of the likelihood layout.
-Target: whether the ventral network's prediction at that fixation is the label (binary cross-entropy,
-as Daucé et al. 2020 train their accuracy map; ``target="probability"`` uses p(label | view) instead).
+Input: a coarse view of the whole image (:class:`Glimpse`: radius 1 around the centre, ``size`` px; a
+Cartesian colour picture by default in ``saccade``, or the seed's grayscale log-polar view), encoded by a
+frozen pretrained backbone (:class:`GlimpseEncoder`: the post-activation of its last spatial layer, the
+classifier's input). This module holds the glimpse, the encoder, the linear head on the pooled features
+(:class:`DorsalNetwork`, the original baseline), saving and loading heads, the folds and the live loop
+(:class:`ActiveVision`); the convolutional head is in :mod:`.dorsal_conv`, the untrained saliency map in
+:mod:`.saliency`. Target: whether the ventral network's prediction at that fixation is the label (binary
+cross-entropy, as Daucé et al. 2020 train their accuracy map; ``target="probability"`` uses p(label | view)).
 
-Why a frozen backbone and a linear head: 800 images are far too few to learn visual features, but
-plenty to learn which of a backbone's features predict where the object is; the head trains in
-seconds on the CPU, so k-fold cross-validation (every image scored by a head that never saw it) is cheap.
+Why a frozen backbone and small heads: 800 images are far too few to learn visual features, but enough
+to learn which of a backbone's signals predict where the object is; the heads train in seconds to minutes
+on the CPU, so k-fold cross-validation (every image scored by a head that never saw it) is cheap.
 """
 from __future__ import annotations
 
