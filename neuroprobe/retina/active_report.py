@@ -134,43 +134,45 @@ def open_images(likelihood: Sequence[str | Path], data: Sequence[str | Path | Ma
     return Images(stores, manifests, store_index, rows, labels.astype(np.int64)), states
 
 
+def _decoded(images: Images, source, batch_size: int, dev: torch.device, desc: str):
+    """(positions in the images' order, uint8 batch on ``dev``) for every usable image, store by store."""
+    for k, where, rows in images.segments():
+        batches = [rows[i:i + batch_size].tolist() for i in range(0, len(rows), batch_size)]
+        done = 0
+        for batch in track(image_batches(images.manifests[k], source, batches, dev, workers=0), desc, "batch",
+                           total=len(batches)):
+            _check_readable(batch)
+            yield where[done:done + len(batch.rows)], batch.images.to(dev)
+            done += len(batch.rows)
+
+
 def glimpse_inputs(encoder: GlimpseEncoder, images: Images, augs: Sequence[Augmentation], source, batch_size: int,
                    dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Every image's glimpse under every augmentation, as the heads read it: (n, A, 6, h, w) class evidence per
     cell (the conv head's input) and (n, A, C) pooled features (the linear head's)."""
     evidence = pooled = None
-    for k, where, rows in images.segments():
-        batches = [rows[i:i + batch_size].tolist() for i in range(0, len(rows), batch_size)]
-        done = 0
-        for batch in track(image_batches(images.manifests[k], source, batches, dev, workers=0),
-                           "saccade (glimpse features)", "batch", total=len(batches)):
-            _check_readable(batch)
-            maps = [encoder.maps(batch.images, a.shift, a.flip) for a in augs]
-            e = torch.stack([encoder.to_evidence(m).cpu() for m in maps], 1)
-            p = torch.stack([m.mean((2, 3)).cpu() for m in maps], 1)
-            if evidence is None:
-                evidence = torch.empty((len(images), *e.shape[1:]))
-                pooled = torch.empty((len(images), *p.shape[1:]))
-            evidence[where[done:done + len(e)]], pooled[where[done:done + len(e)]] = e, p
-            done += len(e)
+    for where, batch in _decoded(images, source, batch_size, dev, "saccade (glimpse features)"):
+        maps = [encoder.maps(batch, a.shift, a.flip) for a in augs]
+        e = torch.stack([encoder.to_evidence(m).cpu() for m in maps], 1)
+        p = torch.stack([m.mean((2, 3)).cpu() for m in maps], 1)
+        if evidence is None:
+            evidence = torch.empty((len(images), *e.shape[1:]))
+            pooled = torch.empty((len(images), *p.shape[1:]))
+        evidence[where], pooled[where] = e, p
     return evidence, pooled
 
 
 def saliency_scores(dorsal: SaliencyDorsal, images: Images, source, batch_size: int,
                     dev: torch.device) -> tuple[np.ndarray, np.ndarray]:
     """(n, rows, cols) fixation scores and (n, s, s) glimpse maps of the untrained saliency dorsal map."""
-    scores, maps = [None] * len(images), [None] * len(images)
-    for k, where, rows in images.segments():
-        batches = [rows[i:i + batch_size].tolist() for i in range(0, len(rows), batch_size)]
-        done = 0
-        for batch in track(image_batches(images.manifests[k], source, batches, dev, workers=0),
-                           "saccade (saliency maps)", "batch", total=len(batches)):
-            _check_readable(batch)
-            s, m = dorsal(batch.images.to(dev))
-            for j in range(len(s)):
-                scores[where[done + j]], maps[where[done + j]] = s[j].numpy(), m[j].numpy()
-            done += len(s)
-    return np.stack(scores), np.stack(maps)
+    scores = maps = None
+    for where, batch in _decoded(images, source, batch_size, dev, "saccade (saliency maps)"):
+        s, m = dorsal(batch)
+        if scores is None:
+            scores = np.empty((len(images), *s.shape[1:]), dtype=np.float32)
+            maps = np.empty((len(images), *m.shape[1:]), dtype=np.float32)
+        scores[where], maps[where] = s.numpy(), m.numpy()
+    return scores, maps
 
 
 def _check_readable(batch) -> None:
